@@ -1,0 +1,1 @@
+"""CLIPFit: parameter-efficient fine-tuning of CLIP-style vision-language models."""
