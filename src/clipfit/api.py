@@ -1,0 +1,95 @@
+"""The Python API: everything the command line does, in a few calls.
+
+    from clipfit import api
+    summary = api.run(api.RunConfig(model="ViT-B-32", pretrained="/ckpt/vit-b-32.pt", dataset="imagefolder",
+                                    data_root="./my_photos", protocol="few-shot", shots=8, seeds=[1], out="runs/mine"))
+    api.predict("runs/mine/seed1", ["cat.jpg"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import open_clip
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from . import data
+from .backbone import Backbone, Preprocess, build_skeleton
+from .config import RunConfig
+from .engine import OptimConfig
+from .errors import ClipFitError
+from .methods import build_method, get_method
+from .protocols import evaluate_sets, get_protocol, load_run, run, transforms
+
+__all__ = ["RunConfig", "OptimConfig", "run", "load_run", "count_parameters", "evaluate_run", "predict", "check_dataset",
+           "list_datasets", "replace_config"]
+
+
+def replace_config(config: RunConfig, *, optim: dict | None = None, **fields) -> RunConfig:
+    """A copy of `config` with some top-level fields and optimiser fields changed."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ClipFitError(f"unknown config field(s): {', '.join(unknown)}")
+    new_optim = dataclasses.replace(config.optim, **(optim or {}))
+    return dataclasses.replace(config, optim=new_optim, **fields)
+
+
+def count_parameters(method: str, model: str) -> dict[str, int]:
+    """Trainable parameters per group for `method` on architecture `model`, without loading weights."""
+    skeleton = build_skeleton(model)
+    cls = get_method(method)
+    backbone = Backbone(model=skeleton, tokenizer=open_clip.get_tokenizer(model), preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
+                        model_name=model, pretrained="none")
+    options = cls.protocol_defaults("base2new", data.get_spec("imagefolder"))
+    instance = build_method(method, backbone, ["class"], "{}", options)
+    return {"groups": instance.parameter_groups(), "notes": instance.notes}
+
+
+def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: str | None = None, split: str | None = None,
+                 template: str | None = None, device: str = "auto", progress: bool = True) -> dict[str, float]:
+    """Accuracy of a tuned run: on its own test sets by default, or on another dataset (all its classes)."""
+    config, method = load_run(run_dir, device)
+    name = dataset or config.dataset
+    root = data_root or (config.data_root if dataset is None else None)
+    if root is None:
+        raise ClipFitError("--data-root is required with --dataset")
+    splits = data.load_dataset(name, root, template=template or (config.template if dataset is None else None))
+    method.template = splits.template
+    _, test_tf = transforms(method.backbone, config)
+    if split is None and dataset is None:
+        protocol = get_protocol(config.protocol)
+    else:
+        which = split or "all"
+        protocol = dataclasses.replace(get_protocol("few-shot"), name=which,
+                                       eval_sets=lambda s: {which: data.subsample_classes(s, which)})
+    return evaluate_sets(method, protocol, splits, test_tf, dataclasses.replace(config, num_workers=0), progress)
+
+
+def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto") -> list[dict]:
+    """Top-k classes and probabilities for each image file, with the run's classes."""
+    config, method = load_run(run_dir, device)
+    _, test_tf = transforms(method.backbone, config)
+    results = []
+    with torch.no_grad():
+        class_features = method.class_features()
+        for path in images:
+            try:
+                with Image.open(path) as img:
+                    tensor = test_tf(img.convert("RGB")).unsqueeze(0).to(method.backbone.device)
+            except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+                raise ClipFitError(f"cannot read image {path}: {err}") from err
+            probs = method.logits(tensor, class_features).softmax(dim=-1)[0]
+            top = probs.topk(min(top_k, len(method.classnames)))
+            results.append({"image": str(path), "top": [(method.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return results
+
+
+def check_dataset(name: str, root: str | Path):
+    return data.check_dataset(name, root)
+
+
+def list_datasets() -> dict[str, str]:
+    return {name: spec.title or name for name, spec in sorted(data.DATASETS.items())}
+

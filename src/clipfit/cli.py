@@ -1,0 +1,159 @@
+"""The `clipfit` command: a thin layer over the Python API (`clipfit.api`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import api
+from .config import RunConfig
+from .errors import ClipFitError
+from .report import print_params, print_predictions, print_summary
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"method option {text!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip")
+    p.add_argument("--pretrained", help="open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint file, 'builtin' or 'none'")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train (or just evaluate, for zeroshot) a method over one or more seeds",
+                       description="Every flag overrides the config file; unset flags keep the paper's defaults (NOTES.md).")
+    p.add_argument("--config", type=Path, help="JSON run config (e.g. a run's config.json); flags override it")
+    p.add_argument("--method", help="clipfit, zeroshot, ...")
+    p.add_argument("--option", dest="options", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. regularizer=bias-mse (repeatable)")
+    p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
+    _add_backbone_args(p)
+    p.add_argument("--dataset", help="a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
+    p.add_argument("--data-root", help="the folder that holds the datasets (the folder itself for imagefolder, the file for csv)")
+    p.add_argument("--protocol", help="few-shot or base2new")
+    p.add_argument("--shots", type=int, help="images per class for training (0: all)")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 1 2 3)")
+    p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--num-workers", type=int, help="data-loading processes")
+    p.add_argument("--out", help="run folder; one seedN sub-folder per seed")
+    p.add_argument("--overwrite", action="store_true", help="redo seeds that already finished (default: reuse them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args) -> RunConfig:
+    config = RunConfig.from_file(args.config) if args.config else RunConfig()
+    top = {
+        "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
+        "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
+        "template": args.template, "epochs": args.epochs, "device": args.device, "num_workers": args.num_workers, "out": args.out,
+    }
+    optim = {"batch_size": args.batch_size, "lr": args.lr}
+    options = dict(config.method_options)
+    options.update(dict(args.options))
+    if args.beta is not None:
+        options["beta"] = args.beta
+    return api.replace_config(config, method_options=options, optim={k: v for k, v in optim.items() if v is not None},
+                              **{k: v for k, v in top.items() if v is not None})
+
+
+def cmd_train(args) -> None:
+    config = _config_from_args(args)
+    summary = api.run(config, progress=not args.no_progress, overwrite=args.overwrite)
+    print_summary(summary)
+    print(f"results: {Path(summary['out']) / 'summary.json'}")
+
+
+def cmd_params(args) -> None:
+    print_params(args.method, args.model, api.count_parameters(args.method, args.model))
+
+
+def cmd_eval(args) -> None:
+    metrics = api.evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root, split=args.split,
+                               template=args.template, device=args.device, progress=not args.no_progress)
+    for key, value in metrics.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def cmd_predict(args) -> None:
+    print_predictions(api.predict(args.run, args.images, top_k=args.top_k, device=args.device))
+
+
+def cmd_data_check(args) -> None:
+    report = api.check_dataset(args.dataset, args.data_root)
+    print(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+def cmd_data_list(args) -> None:
+    for name, title in api.list_datasets().items():
+        print(f"{name:20s} {title}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("params", help="count a method's trainable parameters on a backbone (no weights needed)")
+    p.add_argument("--method", default="clipfit")
+    p.add_argument("--model", default="ViT-B-16")
+    p.set_defaults(func=cmd_params)
+
+    _train_parser(sub)
+    sub.choices["train"].set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished run (its own test sets, or another dataset)")
+    p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
+    p.add_argument("--data-root")
+    p.add_argument("--split", choices=["all", "base", "new"], help="which classes (default: the run's protocol, or all for another dataset)")
+    p.add_argument("--template")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a tuned run")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="datasets: list them, check what is on disk")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="report what is present and, for what is missing, the exact path expected")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--data-root", required=True)
+    c.set_defaults(func=cmd_data_check)
+    c = data_sub.add_parser("list", help="the registered datasets")
+    c.set_defaults(func=cmd_data_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ClipFitError as err:
+        print(f"clipfit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("clipfit: interrupted; finished seeds are kept and a rerun resumes from them", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

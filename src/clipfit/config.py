@@ -1,0 +1,76 @@
+"""Run configuration: one dataclass whose defaults reproduce the paper, written next to every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .engine import OptimConfig
+from .errors import ClipFitError
+
+
+@dataclass
+class RunConfig:
+    method: str = "clipfit"
+    method_options: dict = field(default_factory=dict)
+    model: str = "ViT-B-16"
+    pretrained: str = "openai"
+    dataset: str = "imagefolder"
+    data_root: str = "."
+    protocol: str = "few-shot"
+    shots: int = 16
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # None: the dataset's own template (NOTES.md).
+    template: str | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # None: the dataset's default (NOTES.md: 10 for ImageNet and Food101, else 100).
+    epochs: int | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    eval_batch_size: int = 100
+    num_workers: int = 0
+    device: str = "auto"
+    out: str = "runs/run"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
+        return _from_dict(cls, data, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClipFitError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ClipFitError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ClipFitError(f"{path}: expected a JSON object of config fields")
+        return cls.from_dict(data, str(path))
+
+
+def _from_dict(cls, data: dict, source: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ClipFitError(f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    values = {}
+    for name, value in data.items():
+        nested = fields[name].type
+        if name == "optim":
+            if not isinstance(value, dict):
+                raise ClipFitError(f"{source}: field 'optim' must be an object")
+            value = _from_dict(OptimConfig, value, f"{source}: optim")
+        elif name == "crop_scale":
+            value = tuple(value)
+        del nested
+        values[name] = value
+    return cls(**values)

@@ -1,0 +1,113 @@
+"""The one training and evaluation loop that every method shares."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .methods import Method
+
+
+@dataclass
+class OptimConfig:
+    """SGD with one constant warm-up epoch, then cosine decay over the epochs (NOTES.md)."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / optim.epochs))
+
+
+def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def train(
+    method: Method,
+    dataset: Dataset,
+    optim: OptimConfig,
+    *,
+    seed: int,
+    num_workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[dict[str, float]]:
+    """Train the method's trainable parameters; returns one record per epoch (lr, mean losses)."""
+    history: list[dict[str, float]] = []
+    if not method.trains:
+        return history
+    params = [p for p in method.trainable_parameters().values()]
+    if not params:
+        raise ValueError(f"method {method.name!r} has nothing to train on this backbone")
+    torch.manual_seed(seed)
+    method.prepare_training()
+    optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    loader = _loader(dataset, optim.batch_size, shuffle=True, num_workers=num_workers, seed=seed)
+    device = method.backbone.device
+    method.train()
+    bar = tqdm(total=optim.epochs * len(loader), desc=f"train {method.name}", disable=not progress, unit="step")
+    for epoch in range(optim.epochs):
+        lr = lr_at_epoch(optim, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, float] = {}
+        seen = 0
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss, parts = method.training_loss(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = labels.shape[0]
+            seen += n
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value * n
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+        record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(seen, 1) for k, v in sums.items()}}
+        history.append(record)
+        log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    bar.close()
+    method.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over a dataset; the class features are computed once, not per batch."""
+    method.eval()
+    device = method.backbone.device
+    class_features = method.class_features()
+    all_logits, all_labels = [], []
+    for images, labels in tqdm(_loader(dataset, batch_size, False, num_workers), desc=desc, disable=not progress, unit="batch"):
+        all_logits.append(method.logits(images.to(device), class_features).float().cpu())
+        all_labels.append(labels)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate(method: Method, dataset: Dataset, **kwargs) -> dict[str, float]:
+    logits, labels = predict_logits(method, dataset, **kwargs)
+    correct = (logits.argmax(dim=-1) == labels).sum().item()
+    return {"accuracy": 100.0 * correct / max(len(labels), 1), "n": len(labels)}

@@ -1,0 +1,130 @@
+"""The base every method builds on, and the registry that names them.
+
+A method says what is trainable, what it adds to the model and what its loss adds; the training and
+evaluation loop lives in `clipfit.engine` and is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone
+from ..errors import ClipFitError
+
+
+@dataclass
+class MethodConfig:
+    """Options of a method; subclasses add theirs."""
+
+
+class Method(nn.Module):
+    """Classify images by cosine similarity against class features; train what `trainable_parameters` names."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # Methods that do not train (zero-shot) skip the training loop entirely.
+    trains: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, classnames: list[str], template: str, config: MethodConfig):
+        super().__init__()
+        self.clip = backbone.model
+        self.backbone = backbone
+        self.template = template
+        self.config = config
+        self.clip.requires_grad_(False)
+        # Remarks for the user about how the method applies to this backbone.
+        self.notes: list[str] = []
+        self.set_classes(classnames)
+
+    @classmethod
+    def protocol_defaults(cls, protocol: str, dataset) -> dict:
+        """Option values that depend on the protocol or dataset (filled in where the user gave none)."""
+        return {}
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Point the classifier at a class list (the training classes, or new ones for evaluation)."""
+        if "{}" not in self.template:
+            raise ClipFitError(f"prompt template {self.template!r} has no '{{}}' for the class name")
+        self.classnames = list(classnames)
+        self.prompts = [self.template.format(name) for name in self.classnames]
+        self.register_buffer("prompt_tokens", self.backbone.tokenize(self.prompts), persistent=False)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Trainable tensors by their name in the backbone's state dict (the adapter file's keys)."""
+        return {}
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Trainable parameter counts per group, for `clipfit params` and run summaries."""
+        return {}
+
+    def prepare_training(self) -> None:
+        """Compute once, before the first step, whatever the loss compares against."""
+
+    def class_features(self) -> torch.Tensor:
+        return self.backbone.encode_text(self.prompt_tokens)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(images)
+
+    def logits(self, images: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
+        return self.backbone.logit_scale * self.image_features(images) @ class_features.t()
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.logits(images, self.class_features())
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"ce": loss.item()}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone().contiguous() for name, p in self.trainable_parameters().items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        params = self.trainable_parameters()
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ClipFitError(f"{source}: does not match method {self.name!r} on this backbone (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        with torch.no_grad():
+            for name, p in params.items():
+                if state[name].shape != p.shape:
+                    raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the model expects {tuple(p.shape)}")
+                p.copy_(state[name].to(p.dtype))
+
+
+def select_parameters(model: nn.Module, modules_and_attrs: list[tuple[nn.Module, str]]) -> dict[str, nn.Parameter]:
+    """Name the chosen (module, attribute) parameters by their key in `model`'s state dict."""
+    wanted = {id(getattr(module, attr)) for module, attr in modules_and_attrs if getattr(module, attr) is not None}
+    return {name: p for name, p in model.named_parameters() if id(p) in wanted}
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_config(name: str, options: dict | None = None) -> MethodConfig:
+    cls = get_method(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise ClipFitError(f"method {name!r} has no option(s) {', '.join(unknown)} (options: {', '.join(sorted(fields)) or 'none'})")
+    return cls.config_class(**(options or {}))
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ClipFitError(f"unknown method {name!r} (available: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def build_method(name: str, backbone: Backbone, classnames: list[str], template: str, options: dict | None = None) -> Method:
+    cls = get_method(name)
+    return cls(backbone, classnames, template, method_config(name, options))

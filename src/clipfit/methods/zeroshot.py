@@ -1,0 +1,9 @@
+"""Zero-shot CLIP: the pretrained model, class prompts as the classifier, nothing trained."""
+
+from .base import Method, register_method
+
+
+@register_method
+class ZeroShot(Method):
+    name = "zeroshot"
+    trains = False

@@ -1,0 +1,45 @@
+"""Console tables: parameter counts, the run summary, predictions."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+COLUMN_TITLES = {"accuracy": "Accuracy", "base": "Base", "new": "New", "hm": "HM"}
+
+
+def print_params(method: str, model: str, counts: dict) -> None:
+    table = Table(title=f"{method} on {model}: trainable parameters")
+    table.add_column("group")
+    table.add_column("parameters", justify="right")
+    for group, n in counts["groups"].items():
+        table.add_row(group, f"{n:,}")
+    table.add_row("total", f"{sum(counts['groups'].values()):,}", style="bold")
+    console.print(table)
+    for note in counts["notes"]:
+        console.print(f"note: {note}")
+
+
+def summary_columns(summary: dict) -> list[str]:
+    return list(summary["mean"])
+
+
+def print_summary(summary: dict) -> None:
+    columns = summary_columns(summary)
+    table = Table(title=f"{summary['method']} | {summary['model']} ({summary['pretrained']}) | {summary['dataset']} | "
+                        f"{summary['protocol']} | {summary['shots']} shots")
+    table.add_column("seed")
+    for column in columns:
+        table.add_column(COLUMN_TITLES.get(column, column), justify="right")
+    for metrics in summary["per_seed"]:
+        table.add_row(str(metrics["seed"]), *(f"{metrics[c]:.2f}" for c in columns))
+    table.add_row("mean ± std", *(f"{summary['mean'][c]:.2f} ± {summary['std'][c]:.2f}" for c in columns), style="bold")
+    console.print(table)
+
+
+def print_predictions(predictions: list[dict]) -> None:
+    for item in predictions:
+        ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in item["top"])
+        console.print(f"{item['image']}: {ranked}")
