@@ -3,6 +3,8 @@ name the parts that parameter-efficient methods select by structure."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -189,6 +191,18 @@ def _load_state_file(model: nn.Module, path: Path) -> None:
         open_clip.load_checkpoint(model, str(path))
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns that the model is randomly initialised; we load the weights ourselves right after."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
     """Build a CLIP from an open_clip architecture name and `pretrained`: an open_clip tag (downloaded or
     cached), a local checkpoint file, 'builtin' (weights shipped with this package) or 'none' (random init)."""
@@ -212,7 +226,7 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
             local, tag_cfg = _resolve_tag(model_name, pretrained, cache_dir)
             weights = Path(local)
             force_quick_gelu = bool(tag_cfg.get("quick_gelu", False)) and "quickgelu" not in model_name
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=force_quick_gelu)
     if weights is not None:
@@ -238,5 +252,5 @@ def build_skeleton(model_name: str) -> nn.Module:
     """The architecture without allocating weights (meta device): enough to count parameters."""
     if model_name not in open_clip.list_models():
         raise BackboneError(f"unknown model {model_name!r}; see open_clip.list_models()")
-    with torch.device("meta"):
+    with _quiet_random_init_warning():
         return open_clip.create_model(model_name, pretrained=None, device="meta")

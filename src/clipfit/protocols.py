@@ -22,7 +22,7 @@ from .backbone import Backbone, load_backbone
 from .config import RunConfig
 from .engine import evaluate, train
 from .errors import ClipFitError
-from .methods import Method, build_method, get_method
+from .methods import Method, build_method, get_method, method_config
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ClipFitError(f"prompt template {template!r} has no '{{}}' for the class name")
     epochs = config.epochs or spec.default_epochs
     options = {**method_cls.protocol_defaults(config.protocol, spec), **config.method_options}
+    method_config(config.method, options)
     optim = dataclasses.replace(config.optim, epochs=epochs)
     return dataclasses.replace(
         config, template=template, epochs=epochs, optim=optim, method_options=options, seeds=list(config.seeds),

@@ -42,4 +42,4 @@ def print_summary(summary: dict) -> None:
 def print_predictions(predictions: list[dict]) -> None:
     for item in predictions:
         ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in item["top"])
-        console.print(f"{item['image']}: {ranked}")
+        print(f"{item['image']}: {ranked}")
