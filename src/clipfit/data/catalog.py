@@ -1,0 +1,115 @@
+"""The built-in datasets, in the CoOp layout (folders, split files and prompts as NOTES.md lists them).
+
+Adding a dataset is one ``register_dataset(DatasetSpec(...))`` call here or in user code.
+"""
+
+from __future__ import annotations
+
+from .readers import (
+    expect_coop_split,
+    expect_csv,
+    expect_fgvc,
+    expect_imagefolder,
+    expect_imagenet,
+    expect_imagenet_sketch,
+    expect_imagenet_v2,
+    read_coop_split,
+    read_csv,
+    read_fgvc,
+    read_imagefolder,
+    read_imagenet,
+    read_imagenet_sketch,
+    read_imagenet_v2,
+)
+from .registry import GENERIC_FORMATS, DatasetSpec, register_dataset
+from .samples import DEFAULT_TEMPLATE
+
+
+# One CoOp-layout dataset: CLI name, title, folder, image folder (split paths are relative to it),
+# split file, prompt template.
+def _coop(name: str, title: str, folder: str, image_dir: str, split_file: str, template: str, **kw) -> DatasetSpec:
+    return register_dataset(
+        DatasetSpec(
+            name=name,
+            folder=folder,
+            template=template,
+            reader=read_coop_split,
+            expected=expect_coop_split,
+            title=title,
+            split_file=split_file,
+            image_dir=image_dir,
+            **kw,
+        )
+    )
+
+
+register_dataset(
+    DatasetSpec(
+        name="imagenet",
+        folder="imagenet",
+        template=DEFAULT_TEMPLATE,
+        reader=read_imagenet,
+        expected=expect_imagenet,
+        title="ImageNet",
+        default_epochs=10,
+    )
+)
+_coop("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", DEFAULT_TEMPLATE)
+_coop("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.")
+_coop("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE)
+_coop("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower.")
+_coop("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.", default_epochs=10)
+register_dataset(
+    DatasetSpec(
+        name="fgvc_aircraft",
+        folder="fgvc_aircraft",
+        template="a photo of a {}, a type of aircraft.",
+        reader=read_fgvc,
+        expected=expect_fgvc,
+        title="FGVCAircraft",
+    )
+)
+_coop("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE, fewshot_beta=8.0)
+_coop(
+    "dtd",
+    "DTD",
+    "dtd",
+    "images",
+    "split_zhou_DescribableTextures.json",
+    "a photo of a {}, a type of texture.",
+    fewshot_beta=8.0,
+)
+_coop("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.")
+_coop("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}.")
+register_dataset(
+    DatasetSpec(
+        name="imagenet_v2",
+        folder="imagenetv2/imagenetv2-matched-frequency-format-val",
+        template=DEFAULT_TEMPLATE,
+        reader=read_imagenet_v2,
+        expected=expect_imagenet_v2,
+        title="ImageNet-V2",
+        test_only=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="imagenet_sketch",
+        folder="imagenet-sketch/images",
+        template=DEFAULT_TEMPLATE,
+        reader=read_imagenet_sketch,
+        expected=expect_imagenet_sketch,
+        title="ImageNet-Sketch",
+        test_only=True,
+    )
+)
+
+# Generic formats: `root` is the user's folder / CSV file itself, hence folder "".
+register_dataset(
+    DatasetSpec("imagefolder", "", DEFAULT_TEMPLATE, read_imagefolder, expect_imagefolder, title="imagefolder"),
+    registry=GENERIC_FORMATS,
+)
+register_dataset(
+    DatasetSpec("csv", "", DEFAULT_TEMPLATE, read_csv, expect_csv, title="csv"),
+    registry=GENERIC_FORMATS,
+)

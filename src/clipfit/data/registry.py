@@ -1,0 +1,112 @@
+"""The dataset registry: one ``DatasetSpec`` per name, and ``load_dataset`` on top of it.
+
+The built-in datasets are registered in ``catalog.py``; ``imagefolder`` and ``csv`` are generic
+formats whose ``root`` is the user's own folder or CSV file (see ``GENERIC_FORMATS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Protocol
+
+from clipfit.errors import DataError
+
+from .samples import DatasetSplits
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One thing ``check_dataset`` looks for on disk, and what it is."""
+
+    path: Path
+    description: str
+    kind: Literal["file", "dir"] = "file"
+
+
+class DatasetReader(Protocol):
+    def __call__(self, root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetSplits: ...
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: where it lives under the data root, how to read it, its prompt.
+
+    ``reader(root, spec, split_seed=...)`` and ``expected(root, spec)`` take the *data root* (the
+    folder holding every dataset's folder), not the dataset folder: a few datasets (ImageNet-V2,
+    ImageNet-Sketch) borrow files from a sibling folder.
+    """
+
+    name: str
+    folder: str
+    template: str
+    reader: DatasetReader
+    expected: Callable[[Path, "DatasetSpec"], list[Expectation]]
+    prepare: Callable[[Path], None] | None = None
+    default_epochs: int = 100
+    fewshot_beta: float = 2.0
+    title: str = ""  # as the papers' tables name it, e.g. "EuroSAT"
+    split_file: str | None = None  # CoOp split JSON, in the dataset folder
+    image_dir: str = ""  # relative to the dataset folder; split-file paths are relative to it
+    test_only: bool = False  # no train/val split (ImageNet-V2, ImageNet-Sketch)
+
+    def data_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.folder
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+# Formats whose root is the dataset itself; not benchmark datasets, so kept out of DATASETS.
+GENERIC_FORMATS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec, *, registry: dict[str, DatasetSpec] | None = None) -> DatasetSpec:
+    """Add ``spec`` to the registry under ``spec.name``; registering a different spec twice fails."""
+    target = DATASETS if registry is None else registry
+    existing = target.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"dataset {spec.name!r} is already registered")
+    target[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+    spec = DATASETS.get(name) or GENERIC_FORMATS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(DATASETS) + sorted(GENERIC_FORMATS))
+        raise DataError(f"unknown dataset {name!r}; known: {known}")
+    return spec
+
+
+def _absolute(root: str | Path) -> Path:
+    # abspath, not resolve(): keep the user's symlinked data root as they named it.
+    return Path(os.path.abspath(os.path.expanduser(str(root))))
+
+
+def load_dataset(
+    name: str, root: str | Path, *, split_seed: int = 1, template: str | None = None
+) -> DatasetSplits:
+    """Read dataset ``name``.
+
+    For a registered dataset ``root`` is the data root holding ``<spec.folder>``; for ``imagefolder``
+    it is the folder of class sub-folders and for ``csv`` the CSV file. ``split_seed`` fixes every
+    split the reader has to draw itself (ImageNet's val, imagefolder/CSV without split information).
+    ``template`` overrides the dataset's prompt template.
+    """
+    spec = get_spec(name)
+    root = _absolute(root)
+    data_dir = spec.data_dir(root)
+    if not data_dir.exists():
+        if spec.prepare is not None:
+            spec.prepare(root)
+        else:
+            lines = "\n".join(f"  {e.path}  ({e.description})" for e in spec.expected(root, spec))
+            raise DataError(f"dataset {name!r}: {data_dir} does not exist; expected:\n{lines}")
+    splits = spec.reader(root, spec, split_seed=split_seed)
+    if template is not None:
+        if "{}" not in template:
+            raise DataError(f"prompt template {template!r} has no '{{}}' for the class name")
+        splits = dataclasses.replace(splits, template=template)
+    return splits

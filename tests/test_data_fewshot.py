@@ -1,0 +1,175 @@
+"""Protocol rules on top of a dataset: the few-shot draw and the base-to-new class split (NOTES.md)."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from clipfit.data import DatasetSplits, Sample, fewshot, fewshot_cache_file, subsample_classes
+from clipfit.errors import DataError
+
+
+def make_splits(root: Path, n_classes: int = 5, per_class: int = 10, name: str = "toy") -> DatasetSplits:
+    """A dataset in memory: paths under root (never opened), ``per_class`` train/val/test images each."""
+    classnames = [f"class {i}" for i in range(n_classes)]
+
+    def split(kind):
+        return [
+            Sample(root / kind / f"c{c}" / f"{i}.png", c, classnames[c])
+            for c in range(n_classes)
+            for i in range(per_class)
+        ]
+
+    return DatasetSplits(name, classnames, "a photo of a {}.", split("train"), split("val"), split("test"), root / "split_fewshot")
+
+
+def per_class(samples):
+    return Counter(s.label for s in samples)
+
+
+@pytest.mark.parametrize("shots", [1, 2, 4, 8])
+def test_fewshot_draws_exactly_k_train_images_per_class(tmp_path, shots):
+    out = fewshot(make_splits(tmp_path), shots, seed=1)
+    assert per_class(out.train) == {c: shots for c in range(5)}
+    assert len(set(out.train)) == len(out.train)
+
+
+def test_fewshot_draw_comes_from_the_train_split(tmp_path):
+    splits = make_splits(tmp_path)
+    out = fewshot(splits, 4, seed=1)
+    assert set(out.train) <= set(splits.train)
+    assert set(out.val) <= set(splits.val)
+
+
+def test_fewshot_is_deterministic_per_seed(tmp_path):
+    splits = make_splits(tmp_path)
+    assert fewshot(splits, 4, seed=2).train == fewshot(splits, 4, seed=2).train
+    assert fewshot(splits, 4, seed=2).val == fewshot(splits, 4, seed=2).val
+
+
+def test_fewshot_does_not_depend_on_the_split_files_row_order(tmp_path):
+    splits = make_splits(tmp_path)
+    shuffled = make_splits(tmp_path)
+    shuffled.train.reverse()
+    assert set(fewshot(splits, 4, seed=1).train) == set(fewshot(shuffled, 4, seed=1).train)
+
+
+def test_fewshot_differs_across_seeds(tmp_path):
+    splits = make_splits(tmp_path)
+    draws = {frozenset(fewshot(splits, 4, seed=s).train) for s in (1, 2, 3)}
+    assert len(draws) == 3
+
+
+@pytest.mark.parametrize("shots, val_per_class", [(1, 1), (2, 2), (4, 4), (8, 4), (16, 4)])
+def test_fewshot_val_is_min_k_4_per_class(tmp_path, shots, val_per_class):
+    out = fewshot(make_splits(tmp_path, per_class=16), shots, seed=1)
+    assert per_class(out.val) == {c: val_per_class for c in range(5)}
+
+
+def test_fewshot_leaves_test_untouched(tmp_path):
+    splits = make_splits(tmp_path)
+    assert fewshot(splits, 2, seed=1).test == splits.test
+
+
+@pytest.mark.parametrize("shots", [0, -1, None])
+def test_fewshot_zero_or_none_shots_keeps_every_image(tmp_path, shots):
+    splits = make_splits(tmp_path)
+    out = fewshot(splits, shots, seed=1)
+    assert out.train == splits.train and out.val == splits.val and out.test == splits.test
+
+
+def test_fewshot_class_with_fewer_images_than_shots_raises_naming_class_count_and_k(tmp_path):
+    splits = make_splits(tmp_path, per_class=3)
+    with pytest.raises(DataError, match=r"class 'class 0' \(label 0\) has 3 train image\(s\), fewer than shots=4"):
+        fewshot(splits, 4, seed=1)
+
+
+def test_fewshot_draw_is_cached_and_reread_identically(tmp_path):
+    splits = make_splits(tmp_path)
+    cache = tmp_path / "split_fewshot"
+    first = fewshot(splits, 4, seed=1, cache_dir=cache)
+    path = fewshot_cache_file(cache, 4, 1)
+    assert path == cache / "shot_4-seed_1.json" and path.is_file()
+    assert fewshot(splits, 4, seed=1, cache_dir=cache) == first
+    # The file, not a fresh draw, is what is re-read: swap one cached image for another of its class.
+    data = json.loads(path.read_text())
+    row = data["train"][0]
+    unused = next(
+        s for s in splits.train
+        if s.label == row[1] and s.path.relative_to(tmp_path).as_posix() not in {r[0] for r in data["train"]}
+    )
+    data["train"][0] = [unused.path.relative_to(tmp_path).as_posix(), unused.label, unused.classname]
+    path.write_text(json.dumps(data))
+    again = fewshot(splits, 4, seed=1, cache_dir=cache)
+    assert again.train[0] == unused and again.train[1:] == first.train[1:]
+
+
+def test_fewshot_cache_stores_paths_relative_to_the_dataset_folder(tmp_path):
+    splits = make_splits(tmp_path)
+    fewshot(splits, 1, seed=1, cache_dir=tmp_path / "split_fewshot")
+    data = json.loads((tmp_path / "split_fewshot" / "shot_1-seed_1.json").read_text())
+    assert all(not Path(r[0]).is_absolute() and r[0].startswith("train/") for r in data["train"])
+    assert [p.name for p in (tmp_path / "split_fewshot").iterdir()] == ["shot_1-seed_1.json"]  # no temp file left
+
+
+def test_fewshot_cache_that_no_longer_matches_the_dataset_raises(tmp_path):
+    cache = tmp_path / "split_fewshot"
+    splits = make_splits(tmp_path)
+    drawn = fewshot(splits, 4, seed=1, cache_dir=cache).train
+    splits.train.remove(drawn[0])  # the dataset changed: a cached image is no longer in it
+    with pytest.raises(DataError, match=r"shot_4-seed_1\.json does not match dataset 'toy'.*not in the dataset's train split"):
+        fewshot(splits, 4, seed=1, cache_dir=cache)
+
+
+def test_fewshot_cache_of_another_dataset_raises(tmp_path):
+    cache = tmp_path / "split_fewshot"
+    fewshot(make_splits(tmp_path, name="a"), 2, seed=1, cache_dir=cache)
+    with pytest.raises(DataError, match=r"shot_2-seed_1\.json does not match dataset 'b': dataset is 'a'"):
+        fewshot(make_splits(tmp_path, name="b"), 2, seed=1, cache_dir=cache)
+
+
+def test_corrupt_fewshot_cache_raises_naming_the_file(tmp_path):
+    cache = tmp_path / "split_fewshot"
+    cache.mkdir()
+    fewshot_cache_file(cache, 2, 1).write_text("{not json")
+    with pytest.raises(DataError, match=r"shot_2-seed_1\.json cannot be read"):
+        fewshot(make_splits(tmp_path), 2, seed=1, cache_dir=cache)
+
+
+def test_base_new_split_gives_base_the_first_ceil_half_with_odd_class_count(tmp_path):
+    splits = make_splits(tmp_path, n_classes=5, per_class=2)
+    base, new = subsample_classes(splits, "base"), subsample_classes(splits, "new")
+    assert base.classnames == ["class 0", "class 1", "class 2"]
+    assert new.classnames == ["class 3", "class 4"]
+    for split in ("train", "val", "test"):
+        assert len(getattr(base, split)) + len(getattr(new, split)) == len(getattr(splits, split))
+
+
+def test_base_new_split_relabels_each_half_from_zero(tmp_path):
+    splits = make_splits(tmp_path, n_classes=5, per_class=2)
+    for which, n in (("base", 3), ("new", 2)):
+        half = subsample_classes(splits, which)
+        for split in (half.train, half.val, half.test):
+            assert sorted({s.label for s in split}) == list(range(n))
+
+
+def test_base_new_split_classnames_follow_the_labels(tmp_path):
+    splits = make_splits(tmp_path, n_classes=5, per_class=2)
+    for which in ("base", "new"):
+        half = subsample_classes(splits, which)
+        assert all(half.classnames[s.label] == s.classname for s in half.train + half.val + half.test)
+    new = subsample_classes(splits, "new")
+    assert {s.path.parent.name for s in new.test if s.label == 0} == {"c3"}
+
+
+def test_base_new_all_keeps_every_class(tmp_path):
+    splits = make_splits(tmp_path, n_classes=5, per_class=2)
+    assert subsample_classes(splits, "all") == splits
+
+
+def test_base_new_unknown_choice_raises(tmp_path):
+    from clipfit.errors import ClipFitError
+
+    with pytest.raises(ClipFitError, match="'half'"):
+        subsample_classes(make_splits(tmp_path), "half")  # type: ignore[arg-type]
