@@ -39,7 +39,7 @@ def _train_parser(sub) -> None:
     _add_backbone_args(p)
     p.add_argument("--dataset", help="a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
     p.add_argument("--data-root", help="the folder that holds the datasets (the folder itself for imagefolder, the file for csv)")
-    p.add_argument("--protocol", help="few-shot or base2new")
+    p.add_argument("--protocol", help="few-shot (default) or base2new")
     p.add_argument("--shots", type=int, help="images per class for training (0: all)")
     p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 1 2 3)")
     p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
@@ -48,7 +48,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, help="data-loading processes")
-    p.add_argument("--out", help="run folder; one seedN sub-folder per seed")
+    p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default runs/<dataset>-<protocol>-<shots>shot-<method>)")
     p.add_argument("--overwrite", action="store_true", help="redo seeds that already finished (default: reuse them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -58,9 +58,9 @@ def _config_from_args(args) -> RunConfig:
     top = {
         "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
-        "template": args.template, "epochs": args.epochs, "device": args.device, "num_workers": args.num_workers, "out": args.out,
+        "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
     }
-    optim = {"batch_size": args.batch_size, "lr": args.lr}
+    optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)
     options.update(dict(args.options))
     if args.beta is not None:

@@ -25,13 +25,12 @@ class RunConfig:
     # None: the dataset's own template (NOTES.md).
     template: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # None: the dataset's default (NOTES.md: 10 for ImageNet and Food101, else 100).
-    epochs: int | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_batch_size: int = 100
     num_workers: int = 0
     device: str = "auto"
-    out: str = "runs/run"
+    # None: runs/<dataset>-<protocol>-<shots>shot-<method>
+    out: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,7 +17,8 @@ from .methods import Method
 class OptimConfig:
     """SGD with one constant warm-up epoch, then cosine decay over the epochs (NOTES.md)."""
 
-    epochs: int = 100
+    # None: the dataset's default (NOTES.md: 10 for ImageNet and Food101, else 100), filled in by the protocol.
+    epochs: int | None = None
     batch_size: int = 32
     lr: float = 0.002
     momentum: float = 0.9
@@ -58,6 +59,8 @@ def train(
     history: list[dict[str, float]] = []
     if not method.trains:
         return history
+    if not optim.epochs or optim.epochs < 1:
+        raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
     if not params:
         raise ValueError(f"method {method.name!r} has nothing to train on this backbone")

@@ -81,12 +81,12 @@ def resolve(config: RunConfig) -> RunConfig:
     template = config.template or spec.template
     if "{}" not in template:
         raise ClipFitError(f"prompt template {template!r} has no '{{}}' for the class name")
-    epochs = config.epochs or spec.default_epochs
     options = {**method_cls.protocol_defaults(config.protocol, spec), **config.method_options}
     method_config(config.method, options)
-    optim = dataclasses.replace(config.optim, epochs=epochs)
+    optim = dataclasses.replace(config.optim, epochs=config.optim.epochs or spec.default_epochs)
+    out = config.out or f"runs/{config.dataset}-{config.protocol}-{config.shots}shot-{config.method}"
     return dataclasses.replace(
-        config, template=template, epochs=epochs, optim=optim, method_options=options, seeds=list(config.seeds),
+        config, template=template, optim=optim, method_options=options, seeds=list(config.seeds), out=out,
     )
 
 
