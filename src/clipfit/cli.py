@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import api
 from .config import RunConfig
+from .demo import DemoConfig, print_demo, run_demo
 from .errors import ClipFitError
 from .report import print_params, print_predictions, print_summary
 
@@ -103,9 +104,22 @@ def cmd_data_list(args) -> None:
         print(f"{name:20s} {title}")
 
 
+def cmd_demo(args) -> None:
+    demo = DemoConfig(task=args.task, data_root=args.data_root, out=args.out, epochs=args.epochs)
+    print_demo(demo, run_demo(demo, progress=not args.no_progress))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in mini CLIP (offline, minutes)")
+    p.add_argument("--task", default=DemoConfig.task, help="a mini-world task: mini_shapes, mini_digits, mini_letters, mini_colors, mini_textures")
+    p.add_argument("--data-root", default=DemoConfig.data_root, help="where the generated task is cached (env CLIPFIT_DATA)")
+    p.add_argument("--out", default=DemoConfig.out)
+    p.add_argument("--epochs", type=int, default=DemoConfig.epochs)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("params", help="count a method's trainable parameters on a backbone (no weights needed)")
     p.add_argument("--method", default="clipfit")
