@@ -131,3 +131,13 @@ def test_unknown_config_field_and_method_option_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--option", "gamma=3", "--dataset", "eurosat", "--data-root", str(tmp_path)])
     assert "no option(s) gamma" in capsys.readouterr().err
+
+
+def test_eval_on_another_dataset_uses_all_its_classes_and_its_template(eurosat_root, image_folder, tmp_path):
+    out = tmp_path / "b2n"
+    main(train_args(eurosat_root, out, "--protocol", "base2new", "--seeds", "1"))
+    metrics = api.evaluate_run(out / "seed1", dataset="imagefolder", data_root=str(image_folder), progress=False)
+    assert set(metrics) == {"all", "all_n"}
+    assert metrics["all_n"] == 3 * round(12 * 0.2)  # 3 classes, the seeded 70/10/20 split's test share
+    _, method = api.load_run(out / "seed1")
+    assert method.classnames == ["annual crop", "forest"]

@@ -186,7 +186,11 @@ def _load_state_file(model: nn.Module, path: Path) -> None:
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
+        expected = model.state_dict()
+        unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+        if unexpected or missing:
+            raise ValueError(f"tensor names do not match (unexpected: {unexpected[:3]}, missing: {missing[:3]})")
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     else:
         open_clip.load_checkpoint(model, str(path))
 
