@@ -3,7 +3,6 @@ folder, a CSV, and what `check_dataset` says about each (NOTES.md, "CoOp data la
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import pytest

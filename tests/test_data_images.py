@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -77,3 +78,26 @@ def test_test_transform_resizes_short_side_bicubic_then_center_crops(tmp_path):
 def test_train_transform_output_shape(tmp_path):
     x, _ = ImageDataset([Sample(png(tmp_path / "a.png"), 0, "x")], train_transform(24, MEAN, STD))[0]
     assert x.shape == (3, 24, 24)
+
+
+def test_decoded_image_cache_gives_the_same_eval_tensors_and_decodes_once(tmp_path, monkeypatch):
+    import clipfit.data.images as images
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(90, 60), (50, 120), (33, 33)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    samples = [Sample(p, 0, "x") for p in paths]
+    plain = ImageDataset(samples, test_transform(24, MEAN, STD))
+    cached = ImageDataset(samples, test_transform(24, MEAN, STD), cache_short_side=24)
+    for i in range(len(samples)):
+        assert torch.equal(plain[i][0], cached[i][0])
+
+    opened = []
+    monkeypatch.setattr(images, "open_image", lambda path: opened.append(path) or Image.open(path).convert("RGB"))
+    for _ in range(3):
+        for i in range(len(samples)):
+            cached[i]
+    assert opened == []  # every image came from the cache filled above

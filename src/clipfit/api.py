@@ -13,7 +13,6 @@ from pathlib import Path
 
 import open_clip
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import data
 from .backbone import Backbone, Preprocess, build_skeleton
@@ -21,7 +20,7 @@ from .config import RunConfig
 from .engine import OptimConfig
 from .errors import ClipFitError
 from .methods import build_method, get_method
-from .protocols import evaluate_sets, get_protocol, load_run, run, transforms
+from .protocols import evaluate_sets, get_protocol, image_datasets, load_run, run
 
 __all__ = ["RunConfig", "OptimConfig", "run", "load_run", "count_parameters", "evaluate_run", "predict", "check_dataset",
            "list_datasets", "replace_config"]
@@ -57,29 +56,26 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: 
         raise ClipFitError("--data-root is required with --dataset")
     splits = data.load_dataset(name, root, template=template or (config.template if dataset is None else None))
     method.template = splits.template
-    _, test_tf = transforms(method.backbone, config)
+    _, test_dataset = image_datasets(method.backbone, config)
     if split is None and dataset is None:
         protocol = get_protocol(config.protocol)
     else:
         which = split or "all"
         protocol = dataclasses.replace(get_protocol("few-shot"), name=which,
                                        eval_sets=lambda s: {which: data.subsample_classes(s, which)})
-    return evaluate_sets(method, protocol, splits, test_tf, dataclasses.replace(config, num_workers=0), progress)
+    return evaluate_sets(method, protocol, splits, test_dataset, dataclasses.replace(config, num_workers=0), progress)
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto") -> list[dict]:
     """Top-k classes and probabilities for each image file, with the run's classes."""
     config, method = load_run(run_dir, device)
-    _, test_tf = transforms(method.backbone, config)
+    p = method.backbone.preprocess
+    test_tf = data.test_transform(p.image_size, p.mean, p.std)
     results = []
     with torch.no_grad():
         class_features = method.class_features()
         for path in images:
-            try:
-                with Image.open(path) as img:
-                    tensor = test_tf(img.convert("RGB")).unsqueeze(0).to(method.backbone.device)
-            except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-                raise ClipFitError(f"cannot read image {path}: {err}") from err
+            tensor = test_tf(data.open_image(path)).unsqueeze(0).to(method.backbone.device)
             probs = method.logits(tensor, class_features).softmax(dim=-1)[0]
             top = probs.topk(min(top_k, len(method.classnames)))
             results.append({"image": str(path), "top": [(method.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})

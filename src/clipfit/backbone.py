@@ -153,7 +153,7 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
             f"or pass a checkpoint file path, '{BUILTIN}' or '{RANDOM_INIT}')"
         )
     how_to = (
-        f"pass a local checkpoint file instead: --pretrained /path/to/open_clip_pytorch_model.bin "
+        "pass a local checkpoint file instead: --pretrained /path/to/open_clip_pytorch_model.bin "
         f"(or put it in the Hugging Face cache, HF_HOME)"
     )
     if cfg.get("hf_hub"):

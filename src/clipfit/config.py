@@ -27,6 +27,10 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_batch_size: int = 100
+    # Decode each image once and keep it resized to the model's input size (see data.ImageDataset).
+    cache_images: bool = True
+    # "bf16": autocast the forward passes to bfloat16 (trainable parameters and optimiser state stay fp32).
+    precision: str = "fp32"
     num_workers: int = 0
     device: str = "auto"
     # None: runs/<dataset>-<protocol>-<shots>shot-<method>

@@ -33,6 +33,17 @@ def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
     return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / optim.epochs))
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass; parameters, gradients and optimiser state stay fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -54,6 +65,7 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
     """Train the method's trainable parameters; returns one record per epoch (lr, mean losses)."""
     history: list[dict[str, float]] = []
@@ -79,7 +91,8 @@ def train(
         seen = 0
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss, parts = method.training_loss(images, labels)
+            with autocast(device, precision):
+                loss, parts = method.training_loss(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -98,15 +111,17 @@ def train(
 
 
 @torch.no_grad()
-def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True,
+                   desc: str = "eval", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels over a dataset; the class features are computed once, not per batch."""
     method.eval()
     device = method.backbone.device
-    class_features = method.class_features()
     all_logits, all_labels = [], []
-    for images, labels in tqdm(_loader(dataset, batch_size, False, num_workers), desc=desc, disable=not progress, unit="batch"):
-        all_logits.append(method.logits(images.to(device), class_features).float().cpu())
-        all_labels.append(labels)
+    with autocast(device, precision):
+        class_features = method.class_features()
+        for images, labels in tqdm(_loader(dataset, batch_size, False, num_workers), desc=desc, disable=not progress, unit="batch"):
+            all_logits.append(method.logits(images.to(device), class_features).float().cpu())
+            all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)
 
 

@@ -135,21 +135,25 @@ def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
     return data.fewshot(splits, config.shots, seed, cache_dir=splits.fewshot_dir)
 
 
-def transforms(backbone: Backbone, config: RunConfig):
+def image_datasets(backbone: Backbone, config: RunConfig):
+    """Functions that turn samples into the train and the test image datasets for this backbone."""
     p = backbone.preprocess
+    cache = p.image_size if config.cache_images else None
+    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale))
+    test_tf = data.test_transform(p.image_size, p.mean, p.std)
     return (
-        data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale)),
-        data.test_transform(p.image_size, p.mean, p.std),
+        lambda samples: data.ImageDataset(samples, train_tf, cache_short_side=cache),
+        lambda samples: data.ImageDataset(samples, test_tf, cache_short_side=cache),
     )
 
 
-def evaluate_sets(method: Method, protocol: Protocol, splits: data.DatasetSplits, test_transform, config: RunConfig, progress: bool) -> dict[str, float]:
+def evaluate_sets(method: Method, protocol: Protocol, splits: data.DatasetSplits, test_dataset, config: RunConfig, progress: bool) -> dict[str, float]:
     metrics = {}
     for name, subset in protocol.eval_sets(splits).items():
         method.set_classes(subset.classnames)
         result = evaluate(
-            method, data.ImageDataset(subset.test, test_transform), batch_size=config.eval_batch_size,
-            num_workers=config.num_workers, progress=progress, desc=f"eval {name}",
+            method, test_dataset(subset.test), batch_size=config.eval_batch_size,
+            num_workers=config.num_workers, progress=progress, desc=f"eval {name}", precision=config.precision,
         )
         metrics[name] = result["accuracy"]
         metrics[f"{name}_n"] = result["n"]
@@ -178,19 +182,19 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     splits = load_splits(config, seed)
     train_splits = protocol.train_classes(splits)
     backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
-    train_tf, test_tf = transforms(backbone, config)
+    train_dataset, test_dataset = image_datasets(backbone, config)
     method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
     log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
     history = train(
-        method, data.ImageDataset(train_splits.train, train_tf), config.optim, seed=seed,
-        num_workers=config.num_workers, progress=progress, log=log,
+        method, train_dataset(train_splits.train), config.optim, seed=seed,
+        num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
     )
     info = AdapterInfo(
         model=config.model, pretrained=config.pretrained, method=config.method,
         method_options=config.method_options, classnames=train_splits.classnames, template=config.template,
     )
     save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
-    metrics = evaluate_sets(method, protocol, splits, test_tf, config, progress)
+    metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
     metrics.update(
         seed=seed, trainable_parameters=sum(method.parameter_groups().values()),
         final_train_loss=history[-1]["loss"] if history else None, seconds=round(time.time() - started, 1),
