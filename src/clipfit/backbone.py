@@ -154,7 +154,7 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
         )
     how_to = (
         "pass a local checkpoint file instead: --pretrained /path/to/open_clip_pytorch_model.bin "
-        f"(or put it in the Hugging Face cache, HF_HOME)"
+        "(or put it in the Hugging Face cache, HF_HOME)"
     )
     if cfg.get("hf_hub"):
         import huggingface_hub
