@@ -99,28 +99,12 @@ def _supports_truncated_text(tower: nn.Module) -> bool:
 
 
 def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Normalised text features, computed only up to the longest prompt's end-of-text token.
+    """Normalised text features of class prompts, equal to the full-length `model.encode_text` to float
+    tolerance: see `clipfit.text_encoding` (positions after the last end-of-text token are skipped, the
+    prefix shared by every prompt is computed once, the suffixes are packed without padding)."""
+    from .text_encoding import encode_prompts
 
-    The text tower is causal and pools at the end-of-text token (the highest token id), so the positions
-    after the last end-of-text token of the batch cannot change any pooled feature: dropping them is exact.
-    """
-    tower = text_tower(model)
-    if not _supports_truncated_text(tower):
-        return F.normalize(model.encode_text(tokens), dim=-1)
-    eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    cast_dtype = tower.transformer.get_cast_dtype()
-    x = tower.token_embedding(tokens[:, :length]).to(cast_dtype)
-    x = x + tower.positional_embedding[:length].to(cast_dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
-    x = tower.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot]
-    projection = tower.text_projection
-    if isinstance(projection, nn.Linear):
-        x = projection(x)
-    elif projection is not None:
-        x = x @ projection
-    return F.normalize(x, dim=-1)
+    return encode_prompts(model, tokens)
 
 
 def list_models() -> list[str]:

@@ -12,7 +12,9 @@ gradients to every trainable text parameter, while computing far fewer token pos
    attend over [shared prefix keys/values, own suffix keys/values (causal)].
 3. The suffix positions are packed: prompts are ordered by suffix length, and the position-wise layers
    (LayerNorms, projections, MLPs) run on the packed tokens with no padding. Attention runs once per
-   group of equally long suffixes, on a view of the packed tokens.
+   group of equally long suffixes, on a view of the packed tokens (on a CPU), or once over the suffixes
+   padded to the longest (on a GPU, where kernel launches cost more than the padding). The shared prefix
+   keys/values are broadcast to every prompt, never copied per prompt.
 4. In the last block only the EOT positions need a query, an attention output and an MLP; the other
    positions only supply keys and values.
 
@@ -53,26 +55,36 @@ class PromptLayout:
     eot_rows: torch.Tensor  # [prompts]: packed row of each ordered prompt's EOT
     restore: torch.Tensor  # [prompts]
     groups: tuple[tuple[int, int, int], ...]
-    masks: dict[int, torch.Tensor] = field(default_factory=dict, compare=False)
+    padded_rows: torch.Tensor  # [prompts, longest suffix]: packed row of each suffix position (padding: the EOT row)
+    unpadded: torch.Tensor  # [rows]: each packed row's flat index in the padded layout
+    padding: torch.Tensor  # [prompts, 1, 1, longest suffix]: True at padding positions
+    masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, compare=False)
 
     @property
     def rows(self) -> int:
         return int(self.suffix_tokens.shape[0])
 
-    def attention_mask(self, suffix_length: int) -> torch.Tensor:
-        """Boolean [suffix, prefix + suffix]: every prefix key, and the suffix keys up to the query."""
-        mask = self.masks.get(suffix_length)
+    def hidden(self, queries: int, keys: int) -> torch.Tensor:
+        """Boolean [queries, keys], True where the causal mask hides a key from a query; the queries are
+        the last `queries` of the `keys` positions."""
+        mask = self.masks.get((queries, keys))
         if mask is None:
             device = self.suffix_tokens.device
-            query = torch.arange(suffix_length, device=device)[:, None]
-            key = torch.arange(self.prefix + suffix_length, device=device)[None, :]
-            mask = key <= query + self.prefix
-            self.masks[suffix_length] = mask
+            query = torch.arange(keys - queries, keys, device=device)[:, None]
+            mask = torch.arange(keys, device=device)[None, :] > query
+            self.masks[(queries, keys)] = mask
         return mask
 
 
 def prompt_layout(tokens: torch.Tensor) -> PromptLayout:
     """Analyse a [prompts, context] token tensor (argmax pooling: the EOT token has the highest id)."""
+    # Plain tensors even when called under inference mode: the layout's indices are saved for backward
+    # when it is reused in a training step.
+    with torch.inference_mode(False), torch.no_grad():
+        return _prompt_layout(tokens)
+
+
+def _prompt_layout(tokens: torch.Tensor) -> PromptLayout:
     prompts = tokens.shape[0]
     eot = tokens.argmax(dim=-1)
     eot_list = eot.tolist()
@@ -101,15 +113,24 @@ def prompt_layout(tokens: torch.Tensor) -> PromptLayout:
     positions = torch.arange(length, device=device)
     keep = (positions[None, :] >= prefix) & (positions[None, :] <= eot[:, None])
     keep = keep[order_t]
+    longest = groups[0][0]
+    lengths_t = torch.tensor([suffix_lengths[i] for i in order], device=device)
+    eot_rows_t = torch.tensor(eot_rows, device=device)
+    offsets = torch.arange(longest, device=device)
+    padding = offsets[None, :] >= lengths_t[:, None]
+    padded_rows = torch.where(padding, eot_rows_t[:, None], (eot_rows_t - lengths_t + 1)[:, None] + offsets[None, :])
     return PromptLayout(
         length=length,
         prefix=prefix,
-        prefix_tokens=tokens[0, :prefix],
+        prefix_tokens=tokens[0, :prefix].clone(),
         suffix_tokens=head[order_t][keep],
         suffix_positions=positions.expand(prompts, length)[keep],
-        eot_rows=torch.tensor(eot_rows, device=device),
+        eot_rows=eot_rows_t,
         restore=torch.tensor(restore, device=device),
         groups=tuple(tuple(g) for g in groups),
+        padded_rows=padded_rows,
+        unpadded=(~padding).flatten().nonzero().flatten(),
+        padding=padding[:, None, None, :],
     )
 
 
@@ -121,6 +142,9 @@ _LAYOUT_CACHE_SIZE = 8
 
 
 def cached_prompt_layout(tokens: torch.Tensor) -> PromptLayout:
+    """`prompt_layout(tokens)`, analysed once per token tensor (and again after an in-place change)."""
+    if tokens.is_inference():  # inference tensors keep no version counter
+        return prompt_layout(tokens)
     entry = _LAYOUTS.get(id(tokens))
     if entry is not None and entry[0]() is tokens and entry[1] == tokens._version:
         return entry[2]
@@ -201,10 +225,45 @@ def _layer_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x * module.gamma if isinstance(module, LayerScale) else x
 
 
-def _shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor | None, rows: torch.Tensor, layout: PromptLayout, last: bool):
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: PromptLayout,
+    prefix_k: torch.Tensor | None = None,
+    prefix_v: torch.Tensor | None = None,
+    padding: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of the last q.shape[2] of k.shape[2] positions ([batch, heads, positions,
+    head_dim]), every query also seeing the shared prefix keys/values [heads, prefix, head_dim];
+    `padding` [batch, 1, 1, positions] hides padding keys.
+
+    Written out rather than through `scaled_dot_product_attention`: the prefix keys and values are
+    broadcast over the batch by the two einsums instead of being copied once per prompt (which doubled
+    the memory held for the backward pass), and for these short suffixes it is no slower on a CPU.
+    """
+    # Scaling the queries makes them one contiguous tensor that the score matmul uses without a copy (the
+    # projection's view of them is strided): less memory held for backward than scaling the scores.
+    q = q * q.shape[-1] ** -0.5
+    scores = q @ k.transpose(-1, -2)
+    if q.shape[2] > 1:
+        scores = scores.masked_fill(layout.hidden(q.shape[2], k.shape[2]), float("-inf"))
+    if padding is not None:
+        scores = scores.masked_fill(padding, float("-inf"))
+    if prefix_k is None:
+        return scores.softmax(dim=-1) @ v
+    p = prefix_k.shape[1]
+    scores = torch.cat([torch.einsum("bhqd,hpd->bhqp", q, prefix_k), scores], dim=-1)
+    probs = scores.softmax(dim=-1)
+    return probs[..., p:] @ v + torch.einsum("bhqp,hpd->bhqd", probs[..., :p], prefix_v)
+
+
+def _shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor | None, rows: torch.Tensor, layout: PromptLayout, last: bool, padded: bool):
     """One block over the shared prefix [prefix, width] and the packed suffix rows [rows, width].
 
     In the last block only the EOT rows come out ([prompts, width]) and the prefix is not updated.
+    Attention runs per group of equally long suffixes, or with `padded` once over suffixes padded to the
+    longest (fewer, larger kernels: better where launches cost more than the padding, on a GPU).
     """
     attn = block.attn
     width = rows.shape[-1]
@@ -215,52 +274,56 @@ def _shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor | N
 
     prefix_k = prefix_v = None
     if p:
-        h_prefix = block.ln_1(prefix)
-        qkv_prefix = F.linear(h_prefix, weight, bias).view(1, p, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        q_prefix, prefix_k, prefix_v = qkv_prefix.unbind(0)  # [1, heads, prefix, head_dim]
+        qkv_prefix = F.linear(block.ln_1(prefix), weight, bias).view(p, 3, heads, head_dim).permute(1, 2, 0, 3)
+        q_prefix, prefix_k, prefix_v = qkv_prefix.unbind(0)  # [heads, prefix, head_dim]
 
     h = block.ln_1(rows)
     if last:
-        kv_bias = None if bias is None else bias[width:]
-        kv = F.linear(h, weight[width:], kv_bias).view(-1, 2, heads, head_dim)
-        q_bias = None if bias is None else bias[:width]
-        q_eot = F.linear(h[layout.eot_rows], weight[:width], q_bias).view(-1, heads, head_dim)
+        # Only the EOT positions need a query; the others only give keys and values.
+        kv = F.linear(h, weight[width:], None if bias is None else bias[width:]).view(-1, 2, heads, head_dim)
+        q_eot = F.linear(h[layout.eot_rows], weight[:width], None if bias is None else bias[:width])
+        q_eot = q_eot.view(-1, heads, 1, head_dim)
     else:
         qkv = F.linear(h, weight, bias).view(-1, 3, heads, head_dim)
 
-    # One split per tensor, not a slice per group: a slice's backward writes into a zero tensor of the
-    # whole packed size, once per group.
-    sizes = [count * length for length, count, _ in layout.groups]
-    if last:
-        kv_groups = kv.split(sizes)
-        q_groups = q_eot.split([count for _, count, _ in layout.groups])
-    else:
-        qkv_groups = qkv.split(sizes)
-    outputs = []
-    for g, (length, count, _) in enumerate(layout.groups):
+    if padded:
+        # One attention call over every prompt, suffixes padded to the longest: the padding sits after each
+        # suffix, so the causal mask already hides it from every real query except the last block's EOT
+        # queries, which get a padding mask. Padding queries' outputs are dropped.
         if last:
-            k, v = kv_groups[g].view(count, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            q = q_groups[g].unsqueeze(2)  # [count, heads, 1, head_dim]
-            mask = None  # the EOT query is the group's last position: it sees every key
+            k, v = kv[layout.padded_rows].permute(2, 0, 3, 1, 4).unbind(0)
+            out = _attend(q_eot, k, v, layout, prefix_k, prefix_v, layout.padding)
+            out = out.reshape(-1, width)
         else:
-            q, k, v = qkv_groups[g].view(count, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            mask = layout.attention_mask(length) if p else None
-        if p:
-            k = torch.cat([prefix_k.expand(count, -1, -1, -1), k], dim=2)
-            v = torch.cat([prefix_v.expand(count, -1, -1, -1), v], dim=2)
-        if mask is None and not last:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            q, k, v = qkv[layout.padded_rows].permute(2, 0, 3, 1, 4).unbind(0)
+            out = _attend(q, k, v, layout, prefix_k, prefix_v)
+            out = out.transpose(1, 2).reshape(-1, width)[layout.unpadded]
+    else:
+        # One split per tensor, not a slice per group: a slice's backward writes into a zero tensor of the
+        # whole packed size, once per group.
+        sizes = [count * length for length, count, _ in layout.groups]
+        if last:
+            kv_groups = kv.split(sizes)
+            q_groups = q_eot.split([count for _, count, _ in layout.groups])
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        outputs.append(out.transpose(1, 2).reshape(-1, width))
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            qkv_groups = qkv.split(sizes)
+        outputs = []
+        for g, (length, count, _) in enumerate(layout.groups):
+            if last:
+                k, v = kv_groups[g].view(count, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+                q = q_groups[g]
+            else:
+                q, k, v = qkv_groups[g].view(count, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            out = _attend(q, k, v, layout, prefix_k, prefix_v)
+            outputs.append(out.transpose(1, 2).reshape(-1, width))
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     residual = rows[layout.eot_rows] if last else rows
     x = residual + _layer_scale(block.ls_1, attn.out_proj(out))
     x = x + _layer_scale(block.ls_2, block.mlp(block.ln_2(x)))
 
     if p and not last:
-        out_prefix = F.scaled_dot_product_attention(q_prefix, prefix_k, prefix_v, is_causal=True)
+        out_prefix = _attend(q_prefix[None], prefix_k[None], prefix_v[None], layout)
         out_prefix = out_prefix.transpose(1, 2).reshape(p, width)
         prefix = prefix + _layer_scale(block.ls_1, attn.out_proj(out_prefix))
         prefix = prefix + _layer_scale(block.ls_2, block.mlp(block.ln_2(prefix)))
@@ -276,9 +339,18 @@ def _project(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def encode_shared_prefix(tower: nn.Module, tokens: torch.Tensor, layout: PromptLayout | None = None) -> torch.Tensor:
-    """Unnormalised features, the shared prefix computed once and the suffixes packed (see the module doc)."""
+def encode_shared_prefix(tower: nn.Module, tokens: torch.Tensor, layout: PromptLayout | None = None, padded_attention: bool | None = None) -> torch.Tensor:
+    """Unnormalised features, the shared prefix computed once and the suffixes packed (see the module doc).
+
+    `padded_attention`: one attention call per block over suffixes padded to the longest, instead of one
+    per suffix length. By default on CUDA, where kernel launches dominate these small attention problems,
+    unless padding would more than double the positions (one long prompt among short ones). On a CPU the
+    two take the same time, and the grouped one holds less memory.
+    """
     layout = layout or cached_prompt_layout(tokens)
+    padded = padded_attention
+    if padded is None:
+        padded = tokens.device.type == "cuda" and layout.padded_rows.numel() <= 2 * layout.rows
     dtype = tower.transformer.get_cast_dtype()
     embedding, positional = tower.token_embedding, tower.positional_embedding
     rows = embedding(layout.suffix_tokens).to(dtype) + positional[layout.suffix_positions].to(dtype)
@@ -287,7 +359,7 @@ def encode_shared_prefix(tower: nn.Module, tokens: torch.Tensor, layout: PromptL
         prefix = embedding(layout.prefix_tokens).to(dtype) + positional[: layout.prefix].to(dtype)
     blocks = tower.transformer.resblocks
     for i, block in enumerate(blocks):
-        prefix, rows = _shared_prefix_block(block, prefix, rows, layout, last=i == len(blocks) - 1)
+        prefix, rows = _shared_prefix_block(block, prefix, rows, layout, last=i == len(blocks) - 1, padded=padded)
     x = tower.ln_final(rows)
     return _project(tower, x[layout.restore])
 

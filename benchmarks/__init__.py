@@ -1,0 +1,1 @@
+"""Benchmarks: commands to run by hand on a quiet machine, not tests (see benchmarks/README.md)."""
