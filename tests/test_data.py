@@ -67,7 +67,7 @@ NOTES_TEMPLATES = {
 
 
 def test_registry_holds_the_eleven_coop_datasets_and_two_imagenet_shifts():
-    assert set(DATASETS) == set(NOTES_TEMPLATES)
+    assert {name for name in DATASETS if not name.startswith("mini_")} == set(NOTES_TEMPLATES)
 
 
 @pytest.mark.parametrize("name", sorted(NOTES_TEMPLATES))

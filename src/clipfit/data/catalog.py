@@ -5,6 +5,10 @@ Adding a dataset is one ``register_dataset(DatasetSpec(...))`` call here or in u
 
 from __future__ import annotations
 
+import functools
+
+from ..world.tasks import WORLD_TASKS, generate_task
+
 from .readers import (
     expect_coop_split,
     expect_csv,
@@ -103,6 +107,19 @@ register_dataset(
         test_only=True,
     )
 )
+
+# The mini world's tasks (issue 3): generated into the data root on first use.
+for _task in WORLD_TASKS.values():
+    _coop(
+        _task.name,
+        _task.name,
+        _task.folder,
+        "images",
+        _task.split_file,
+        _task.template,
+        prepare=functools.partial(generate_task, _task.name),
+        test_only=_task.parent is not None,
+    )
 
 # Generic formats: `root` is the user's folder / CSV file itself, hence folder "".
 register_dataset(

@@ -1,0 +1,138 @@
+"""The mini vision-language world: deterministic generation, CoOp layout, and the mini CLIP."""
+
+import io
+import json
+
+import open_clip
+import pytest
+import torch
+
+from clipfit.world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
+from clipfit.world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip, encode_text_trimmed
+from clipfit.world.tasks import render_example
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_pretraining_stream_is_deterministic_per_seed():
+    a = [pretraining_pair(0, i) for i in range(20)]
+    b = [pretraining_pair(0, i) for i in range(20)]
+    assert [(_png(im), c) for im, c in a] == [(_png(im), c) for im, c in b]
+    other = [pretraining_pair(1, i) for i in range(20)]
+    assert [_png(im) for im, _ in a] != [_png(im) for im, _ in other]
+
+
+def test_pretraining_stream_yields_small_rgb_images_with_varied_captions():
+    stream = iterate_pretraining_pairs(seed=0)
+    pairs = [next(stream) for _ in range(200)]
+    assert all(im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode == "RGB" for im, _ in pairs)
+    captions = [c for _, c in pairs]
+    assert len(set(captions)) > 150
+    assert len({c.split()[0] for c in captions}) > 5  # not one template
+
+
+def test_task_images_are_a_pure_function_of_their_coordinates():
+    task = WORLD_TASKS["mini_shapes"]
+    assert _png(render_example(task, "train", 3, 7)) == _png(render_example(task, "train", 3, 7))
+    assert _png(render_example(task, "train", 3, 7)) != _png(render_example(task, "test", 3, 7))
+
+
+def test_at_least_four_tasks_of_ten_classes_with_train_val_test():
+    full = [t for t in WORLD_TASKS.values() if t.parent is None]
+    assert len(full) >= 4
+    for t in full:
+        assert len(t.classnames) >= 10 and len(set(t.classnames)) == len(t.classnames)
+        train, val, test = t.per_class
+        assert train >= 16 and val > 0 and test > 0
+        assert "{}" in t.template
+
+
+def test_shifted_domains_are_test_only_with_their_parents_classes():
+    shifted = [t for t in WORLD_TASKS.values() if t.parent is not None]
+    assert shifted
+    for t in shifted:
+        parent = WORLD_TASKS[t.parent]
+        assert t.classnames == parent.classnames and t.template == parent.template
+        assert t.per_class[:2] == (0, 0) and t.per_class[2] > 0
+        assert t.shift != parent.shift
+
+
+def test_generate_task_writes_the_coop_layout(tmp_path):
+    task = WORLD_TASKS["mini_colors"]
+    folder = generate_task("mini_colors", tmp_path)
+    assert folder == tmp_path / task.folder
+    split = json.loads((folder / task.split_file).read_text())
+    assert set(split) == {"train", "val", "test"}
+    for name, per_class in task.splits.items():
+        assert len(split[name]) == per_class * len(task.classnames)
+        for rel, label, classname in split[name]:
+            assert task.classnames[label] == classname
+            assert (folder / "images" / rel).is_file()
+    counts = {c: sum(1 for _, _, cn in split["train"] if cn == c) for c in task.classnames}
+    assert min(counts.values()) >= 16
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left behind
+
+
+def test_generate_task_is_deterministic_and_idempotent(tmp_path):
+    a = generate_task("mini_shapes_sketch", tmp_path / "a")
+    b = generate_task("mini_shapes_sketch", tmp_path / "b")
+    split = json.loads((a / WORLD_TASKS["mini_shapes_sketch"].split_file).read_text())
+    assert split == json.loads((b / WORLD_TASKS["mini_shapes_sketch"].split_file).read_text())
+    for rel, _, _ in split["test"][::37]:
+        assert (a / "images" / rel).read_bytes() == (b / "images" / rel).read_bytes()
+    mtime = (a / WORLD_TASKS["mini_shapes_sketch"].split_file).stat().st_mtime_ns
+    assert generate_task("mini_shapes_sketch", tmp_path / "a") == a
+    assert (a / WORLD_TASKS["mini_shapes_sketch"].split_file).stat().st_mtime_ns == mtime
+
+
+def test_an_interrupted_generation_does_not_look_complete(tmp_path):
+    (tmp_path / ".mini_textures.tmp-999" / "images").mkdir(parents=True)  # what a killed run leaves
+    assert not (tmp_path / "mini_textures").exists()
+    folder = generate_task("mini_textures", tmp_path)
+    assert (folder / WORLD_TASKS["mini_textures"].split_file).is_file()
+
+
+def test_mini_clip_has_the_parts_clipfit_tunes():
+    model = create_mini_clip(pretrained=False)
+    v = model.visual
+    assert isinstance(v, open_clip.transformer.VisionTransformer)
+    assert isinstance(v.ln_pre, torch.nn.LayerNorm) and isinstance(v.ln_post, torch.nn.LayerNorm)
+    assert v.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+    for block in v.transformer.resblocks:
+        assert isinstance(block.ln_1, torch.nn.LayerNorm) and isinstance(block.ln_2, torch.nn.LayerNorm)
+    for block in model.transformer.resblocks:
+        assert block.mlp.c_fc.bias is not None and block.mlp.c_proj.bias is not None
+    assert model.context_length == 77 and model.vocab_size == 49408
+
+
+def test_mini_clip_uses_the_standard_clip_tokenizer():
+    create_mini_clip(pretrained=False)
+    tokens = open_clip.get_tokenizer(MODEL_NAME)(["a photo of a red circle."])
+    assert tokens.shape == (1, 77) and int(tokens.max()) == 49407
+
+
+def test_trimmed_text_encoding_equals_encode_text():
+    torch.manual_seed(0)
+    model = create_mini_clip(pretrained=False).eval()
+    tokens = open_clip.get_tokenizer(MODEL_NAME)(["a star", "the digit 7 on a dark background in bold type"])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="built-in weights not generated yet")
+def test_builtin_weights_load_strictly_and_are_small():
+    from safetensors import safe_open
+
+    assert WEIGHTS.stat().st_size < 25e6
+    with safe_open(str(WEIGHTS), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["model"] == MODEL_NAME and "seed" in meta and "steps" in meta
+    create_mini_clip(pretrained=False).load_state_dict(state, strict=True)
+    loaded = open_clip.create_model(MODEL_NAME, pretrained="builtin")  # the tag register_config adds
+    torch.testing.assert_close(loaded.visual.ln_post.weight, state["visual.ln_post.weight"].float())
