@@ -12,6 +12,7 @@ from .config import RunConfig
 from .demo import DemoConfig, print_demo, run_demo
 from .errors import ClipFitError
 from .report import print_params, print_predictions, print_summary
+from .tables import MiniWorldTableConfig, mini_world_table, to_markdown, update_readme
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -109,6 +110,15 @@ def cmd_demo(args) -> None:
     print_demo(demo, run_demo(demo, progress=not args.no_progress))
 
 
+def cmd_table_mini_world(args) -> None:
+    table = MiniWorldTableConfig(seeds=args.seeds, epochs=args.epochs, data_root=args.data_root, out=args.out)
+    markdown = to_markdown(table, mini_world_table(table, progress=not args.no_progress))
+    print(markdown)
+    if args.readme:
+        update_readme(args.readme, markdown)
+        print(f"updated {args.readme}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=DemoConfig.epochs)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("table", help="regenerate a table the README quotes")
+    table_sub = p.add_subparsers(dest="table", required=True)
+    t = table_sub.add_parser("mini-world", help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
+    t.add_argument("--seeds", type=int, nargs="+", default=MiniWorldTableConfig().seeds)
+    t.add_argument("--epochs", type=int, default=MiniWorldTableConfig.epochs)
+    t.add_argument("--data-root", default=MiniWorldTableConfig.data_root)
+    t.add_argument("--out", default=MiniWorldTableConfig.out, help="run folders; finished runs are reused")
+    t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_table_mini_world)
 
     p = sub.add_parser("params", help="count a method's trainable parameters on a backbone (no weights needed)")
     p.add_argument("--method", default="clipfit")

@@ -109,7 +109,8 @@ def seed_dir(config: RunConfig, seed: int) -> Path:
 
 
 def _seed_config(config: RunConfig, seed: int) -> RunConfig:
-    return dataclasses.replace(config, seeds=[seed], out=str(Path(config.out)))
+    """The config a seed folder records: the run's, with that one seed."""
+    return dataclasses.replace(config, seeds=[seed])
 
 
 def _existing_result(folder: Path, config: RunConfig) -> dict | None:

@@ -6,12 +6,12 @@ of it (CoOp layout, with deliberate style shifts), and a mini CLIP pretrained on
     model = create_mini_clip()                   # open_clip CLIP with the built-in weights
 """
 
-from clipfit.world.model import IMAGE_SIZE, MEAN, MODEL_NAME, STD, WEIGHTS, create_mini_clip, register_config
+from clipfit.world.model import IMAGE_SIZE, MEAN, MODEL_NAME, STD, WEIGHTS, create_mini_clip
 from clipfit.world.render import Shift
 from clipfit.world.scenes import iterate_pretraining_pairs, pretraining_pair
 from clipfit.world.tasks import WORLD_TASKS, WorldTask, generate_task
 
 __all__ = [
     "IMAGE_SIZE", "MEAN", "MODEL_NAME", "STD", "WEIGHTS", "WORLD_TASKS", "Shift", "WorldTask",
-    "create_mini_clip", "generate_task", "iterate_pretraining_pairs", "pretraining_pair", "register_config",
+    "create_mini_clip", "generate_task", "iterate_pretraining_pairs", "pretraining_pair",
 ]
