@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import ClipFitError
+from .files import atomic_write
 
 FORMAT = "clipfit-adapter/1"
 
@@ -54,24 +53,6 @@ class AdapterInfo:
             )
         except (KeyError, json.JSONDecodeError) as err:
             raise ClipFitError(f"{path}: adapter metadata is malformed ({err})") from err
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_adapter(path: Path, tensors: dict[str, torch.Tensor], info: AdapterInfo) -> None:

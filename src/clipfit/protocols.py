@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import data
-from .adapter import AdapterInfo, atomic_write_text, load_adapter, save_adapter
+from .adapter import AdapterInfo, load_adapter, save_adapter
+from .files import atomic_write_text
 from .backbone import Backbone, load_backbone
 from .config import RunConfig
 from .engine import evaluate, train

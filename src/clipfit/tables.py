@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapter import atomic_write_text
+from .files import atomic_write_text
 from .config import RunConfig
 from .demo import DEFAULT_DATA_ROOT
 from .engine import OptimConfig

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from clipfit.errors import ClipFitError, DataError
+from clipfit.files import atomic_write_text
 
 from .samples import DatasetSplits, Sample
 
@@ -62,18 +61,7 @@ def _key(path: Path, base: Path) -> str:
 
 def _write_atomic(path: Path, payload: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(payload, indent=1))
     except OSError as exc:
         raise DataError(
             f"cannot write few-shot cache {path}: {exc}; pass a writable cache_dir to fewshot()"
