@@ -7,7 +7,8 @@ import open_clip
 import torch
 
 from clipfit.world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
-from clipfit.world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip, encode_text_trimmed
+from clipfit.text_encoding import encode_truncated
+from clipfit.world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip
 from clipfit.world.tasks import render_example
 
 
@@ -119,7 +120,7 @@ def test_trimmed_text_encoding_equals_encode_text():
     model = create_mini_clip(pretrained=False).eval()
     tokens = open_clip.get_tokenizer(MODEL_NAME)(["a star", "the digit 7 on a dark background in bold type"])
     with torch.no_grad():
-        torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens),
+        torch.testing.assert_close(encode_truncated(model, tokens), model.encode_text(tokens),
                                    atol=1e-5, rtol=1e-5)
 
 

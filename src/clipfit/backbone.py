@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BackboneError
+from .text_encoding import encode_prompts, text_tower_or_none
 
 PACKAGE_DIR = Path(__file__).parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
@@ -72,8 +73,8 @@ class Backbone:
 
 def text_tower(model: nn.Module) -> nn.Module:
     """The module that holds the text transformer: the CLIP itself, or `model.text` for custom-text CLIPs."""
-    tower = getattr(model, "text", model)
-    if not isinstance(getattr(tower, "transformer", None), nn.Module) or not hasattr(tower.transformer, "resblocks"):
+    tower = text_tower_or_none(model)
+    if tower is None:
         raise BackboneError(
             f"{type(model).__name__}: text tower is not an open_clip transformer (Hugging Face text towers are not supported)"
         )
@@ -102,8 +103,6 @@ def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Normalised text features of class prompts, equal to the full-length `model.encode_text` to float
     tolerance: see `clipfit.text_encoding` (positions after the last end-of-text token are skipped, the
     prefix shared by every prompt is computed once, the suffixes are packed without padding)."""
-    from .text_encoding import encode_prompts
-
     return encode_prompts(model, tokens)
 
 

@@ -25,18 +25,3 @@ def create_mini_clip(pretrained: bool = True) -> torch.nn.Module:
     if pretrained:
         return load_backbone(MODEL_NAME, BUILTIN).model
     return open_clip.create_model(MODEL_NAME, pretrained=None)
-
-
-def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text` on tokens cut after the batch's last end-of-text token.
-
-    Exactly equal to encode_text on the full context (the causal mask hides the padding from the
-    pooled end-of-text position), but cheaper; used by pretraining.
-    """
-    length = int(tokens.argmax(dim=-1).max()) + 1
-    tokens = tokens[:, :length]
-    x = model.token_embedding(tokens) + model.positional_embedding[:length]
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
-    return x @ model.text_projection

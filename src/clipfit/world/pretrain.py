@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from clipfit.world.model import MEAN, MODEL_NAME, STD, create_mini_clip, encode_text_trimmed
+from clipfit.text_encoding import encode_truncated
+from clipfit.world.model import MEAN, MODEL_NAME, STD, create_mini_clip
 from clipfit.world.scenes import pretraining_pair
 
 
@@ -140,7 +141,7 @@ def _train_cycle(model, cfg: PretrainConfig, steps: int, offset: int, desc: str)
             g["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             fi = model.encode_image(images)
-            ft = encode_text_trimmed(model, tokens)
+            ft = encode_truncated(model, tokens)
         fi, ft = F.normalize(fi.float(), dim=-1), F.normalize(ft.float(), dim=-1)
         loss = clip_loss(fi, ft, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
