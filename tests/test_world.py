@@ -4,7 +4,10 @@ import io
 import json
 
 import open_clip
+import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from clipfit.world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
 from clipfit.text_encoding import encode_truncated
@@ -125,8 +128,6 @@ def test_trimmed_text_encoding_equals_encode_text():
 
 
 def test_builtin_weights_load_strictly_and_are_small():
-    from safetensors import safe_open
-
     assert WEIGHTS.stat().st_size < 25e6
     with safe_open(str(WEIGHTS), framework="pt") as f:
         meta = f.metadata()
@@ -135,3 +136,47 @@ def test_builtin_weights_load_strictly_and_are_small():
     create_mini_clip(pretrained=False).load_state_dict(state, strict=True)
     loaded = create_mini_clip(pretrained=True)
     torch.testing.assert_close(loaded.visual.ln_post.weight, state["visual.ln_post.weight"].float())
+
+
+def _pretrain(out, curve, **kwargs):
+    from clipfit.world.pretrain import pretrain_mini_clip
+
+    pretrain_mini_clip(out, seed=0, steps=4, batch_size=4, warmup=1, checkpoint_every=2, curve=curve, **kwargs)
+    return load_file(str(out))
+
+
+def test_pretraining_writes_weights_and_a_loss_curve_and_is_deterministic(tmp_path):
+    first = _pretrain(tmp_path / "a.safetensors", tmp_path / "a" / "loss.png")
+    second = _pretrain(tmp_path / "b.safetensors", tmp_path / "b" / "loss.png")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    curve = json.loads((tmp_path / "a" / "loss.json").read_text())
+    assert len(curve["losses"]) == 4 and curve["config"]["steps"] == 4
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 0
+    assert not list((tmp_path / "a").glob("checkpoint_*"))  # removed once the weights are written
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        assert f.metadata()["steps"] == "4"
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from clipfit.world import pretrain
+
+    uninterrupted = _pretrain(tmp_path / "full.safetensors", tmp_path / "full" / "loss.png")
+    real_loss, calls = pretrain.clip_loss, []
+
+    def dies_at_step_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(pretrain, "clip_loss", dies_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(tmp_path / "resumed.safetensors", tmp_path / "resumed" / "loss.png")
+    assert len(list((tmp_path / "resumed").glob("checkpoint_*.pt"))) == 1
+    resumed_calls = []
+    monkeypatch.setattr(pretrain, "clip_loss", lambda *args: resumed_calls.append(1) or real_loss(*args))
+    resumed = _pretrain(tmp_path / "resumed.safetensors", tmp_path / "resumed" / "loss.png")
+    assert len(resumed_calls) == 2  # steps 3 and 4 only: steps 1 and 2 came from the checkpoint
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert len(json.loads((tmp_path / "resumed" / "loss.json").read_text())["losses"]) == 4

@@ -10,6 +10,7 @@ run's settings as metadata) and a loss curve PNG + JSON at --curve.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from clipfit.text_encoding import encode_truncated
@@ -30,13 +31,14 @@ from clipfit.world.scenes import pretraining_pair
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: tuple[int, ...] = (1000, 600, 600)  # cosine cycles (warm restarts)
+    steps: int = 6000
     batch_size: int = 128
     lr: float = 1.5e-3
-    warmup: int = 60
+    warmup: int = 100
     weight_decay: float = 0.1
     threads: int = 2
     bf16: bool = True  # bf16 autocast for the matmuls (fp32 master weights)
+    checkpoint_every: int = 200
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -82,7 +84,7 @@ def clip_loss(image_features, text_features, logit_scale):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def plot_curve(losses: list[float], path: Path, title: str, boundaries=()) -> None:
+def plot_curve(losses: list[float], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,8 +98,6 @@ def plot_curve(losses: list[float], path: Path, title: str, boundaries=()) -> No
     if len(losses) >= w:
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
         ax.plot(steps[w - 1:], smooth, lw=1.5, label=f"mean of {w}")
-    for b in np.cumsum(boundaries)[:-1]:
-        ax.axvline(b, color="gray", ls=":", lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")
     ax.set_title(title)
@@ -107,12 +107,12 @@ def plot_curve(losses: list[float], path: Path, title: str, boundaries=()) -> No
     plt.close(fig)
 
 
-def _save(model, path: Path, cfg: PretrainConfig, losses, wall: float, done: int) -> float:
+def _save(model, path: Path, cfg: PretrainConfig, losses, wall: float) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     final = float(np.mean(losses[-50:]))
-    meta = {"model": MODEL_NAME, **{k: str(v) for k, v in asdict(cfg).items()}, "steps_done": str(done),
-            "final_loss": f"{final:.4f}", "wall_seconds": f"{wall:.0f}"}
+    meta = {"model": MODEL_NAME, **{k: str(v) for k, v in asdict(cfg).items()}, "final_loss": f"{final:.4f}",
+            "wall_seconds": f"{wall:.0f}"}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
     tmp.chmod(0o644)  # safetensors writes 0600; the file ships with the package
@@ -120,25 +120,53 @@ def _save(model, path: Path, cfg: PretrainConfig, losses, wall: float, done: int
     return final
 
 
-def _train_cycle(model, cfg: PretrainConfig, steps: int, offset: int, desc: str) -> list[float]:
-    """One cosine cycle of `steps` steps with a fresh AdamW, on batches offset, offset+1, ... of the stream."""
+def _lr_at(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _checkpoint_path(cfg: PretrainConfig, directory: Path) -> Path:
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return directory / f"checkpoint_seed{cfg.seed}_{digest}.pt"
+
+
+def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int = 6000, batch_size: int = 128,
+                       lr: float = 1.5e-3, curve: Path | str | None = None, **kwargs) -> Path:
+    """Pretrain the mini CLIP from scratch and save it as fp16 safetensors at `out`.
+
+    One warmup + cosine schedule over `steps` batches. Every `checkpoint_every` steps the full state
+    (fp32 weights, optimizer, losses) is written next to the curve, under a name derived from the
+    settings; running the same command again resumes from it and gives the same weights as an
+    uninterrupted run.
+    """
+    cfg = PretrainConfig(seed=seed, steps=steps, batch_size=batch_size, lr=lr, **kwargs)
+    out = Path(out)
+    curve = Path(curve) if curve else Path("runs") / "mini-clip-pretrain" / f"loss_seed{seed}.png"
+    checkpoint = _checkpoint_path(cfg, curve.parent)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = create_mini_clip(pretrained=False)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-
-    def lr_at(step):
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
-    loader = torch.utils.data.DataLoader(_Batches(cfg.seed, cfg.batch_size, steps, offset), batch_size=None,
-                                         shuffle=False, num_workers=1, worker_init_fn=_worker_init,
-                                         prefetch_factor=4)
-    model.train()
     losses: list[float] = []
-    bar = tqdm(loader, total=steps, desc=desc, dynamic_ncols=True)
-    for step, (images, tokens) in enumerate(bar):
+    wall = 0.0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        losses, wall = state["losses"], state["wall_seconds"]
+        print(f"resuming from {checkpoint} at step {len(losses)}")
+    loader = torch.utils.data.DataLoader(_Batches(cfg.seed, cfg.batch_size, cfg.steps - len(losses), len(losses)),
+                                         batch_size=None, shuffle=False, num_workers=1,
+                                         worker_init_fn=_worker_init, prefetch_factor=4)
+    model.train()
+    start = time.time() - wall
+    bar = tqdm(loader, initial=len(losses), total=cfg.steps, desc="pretrain mini-clip", dynamic_ncols=True)
+    for images, tokens in bar:
+        step = len(losses)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = _lr_at(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             fi = model.encode_image(images)
             ft = encode_truncated(model, tokens)
@@ -151,50 +179,20 @@ def _train_cycle(model, cfg: PretrainConfig, steps: int, offset: int, desc: str)
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-    return losses
-
-
-def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int | tuple[int, ...] = (1000, 600, 600),
-                       batch_size: int = 128, lr: float = 1.5e-3, curve: Path | str | None = None,
-                       **kwargs) -> Path:
-    """Pretrain the mini CLIP from scratch and save it as fp16 safetensors at `out`.
-
-    `steps` are the lengths of successive cosine cycles (warm restarts). Each cycle starts from the
-    previous cycle's weights rounded to fp16 (exactly its checkpoint) with a fresh optimizer, and
-    sees the next stretch of the stream. A finished cycle's checkpoint (kept next to the curve) is
-    reused when the command is run again with the same settings, so a run can be resumed.
-    """
-    steps = (steps,) if isinstance(steps, int) else tuple(steps)
-    cfg = PretrainConfig(seed=seed, steps=steps, batch_size=batch_size, lr=lr, **kwargs)
-    out = Path(out)
-    curve = Path(curve) if curve else Path("runs") / "mini-clip-pretrain" / f"loss_seed{seed}.png"
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = create_mini_clip(pretrained=False)
-    losses: list[float] = []
-    start = time.time()
-    for c, n in enumerate(cfg.steps):
-        stem = f"seed{seed}_bs{batch_size}_lr{lr:g}_cycle{c + 1}_{'-'.join(map(str, steps[:c + 1]))}"
-        weights, log = curve.parent / f"{stem}.safetensors", curve.parent / f"{stem}.json"
-        if weights.is_file() and log.is_file():
-            model.load_state_dict(load_file(str(weights)))
-            losses += json.loads(log.read_text())["losses"]
-            print(f"cycle {c + 1}: reusing {weights}")
-            continue
-        cycle_losses = _train_cycle(model, cfg, n, sum(cfg.steps[:c]), f"pretrain mini-clip, cycle {c + 1}")
-        losses += cycle_losses
-        _save(model, weights, cfg, losses, time.time() - start, done=sum(steps[:c + 1]))
-        log.write_text(json.dumps({"losses": cycle_losses}))
-        with torch.no_grad():  # the next cycle starts from exactly the checkpoint
-            for p in model.parameters():
-                p.copy_(p.half().float())
+        if len(losses) % cfg.checkpoint_every == 0 and len(losses) < cfg.steps:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                        "wall_seconds": time.time() - start}, tmp)
+            tmp.replace(checkpoint)
     wall = time.time() - start
-    final = _save(model, out, cfg, losses, wall, done=sum(cfg.steps))
-    plot_curve(losses, curve, f"mini-clip pretraining (seed {seed}, final {final:.3f})", boundaries=cfg.steps)
+    final = _save(model, out, cfg, losses, wall)
+    plot_curve(losses, curve, f"mini-clip pretraining (seed {seed}, final {final:.3f})")
     curve.with_suffix(".json").write_text(json.dumps({"config": asdict(cfg), "wall_seconds": wall,
                                                       "final_loss": final, "losses": losses}))
-    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), loss curve {curve}, {wall / 60:.1f} min "
-          f"(this invocation), final loss {final:.3f}")
+    checkpoint.unlink(missing_ok=True)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), loss curve {curve}, {wall / 60:.1f} min, "
+          f"final loss {final:.3f}")
     return out
 
 
@@ -203,16 +201,18 @@ def main(argv=None):
     d = PretrainConfig()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--steps", type=int, nargs="+", default=list(d.steps), help="cosine cycle lengths")
+    p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between resumable checkpoints")
     p.add_argument("--curve", type=Path, default=None, help="loss curve PNG (default runs/mini-clip-pretrain/)")
     a = p.parse_args(argv)
     pretrain_mini_clip(a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr, curve=a.curve,
-                       warmup=a.warmup, threads=a.threads, bf16=a.bf16)
+                       warmup=a.warmup, threads=a.threads, bf16=a.bf16, checkpoint_every=a.checkpoint_every)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ BACKGROUND_WORDS = {
 PREFIXES = ["a photo of {}", "a picture of {}", "an image of {}", "a drawing of {}", "{}", "{}", "{}",
             "there is {} here", "a rendering of {}", "a close-up of {}"]
 
+# Share of pretraining images with a busy background or a mild camera degradation. The downstream
+# shifts are stronger versions (dense clutter, heavy blur and noise) combined with what pretraining
+# never shows (unseen fonts, washed-out palettes, sketches).
+BUSY_BACKGROUND = 0.25
+DEGRADED = 0.25
+
 
 def _pick(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
@@ -80,7 +86,10 @@ def _contrasting_color(rng: np.random.Generator, bg: str, exclude: tuple[str, ..
 def _background(rng: np.random.Generator):
     kind = _pick(rng, R.BACKGROUNDS)
     bg_color = _pick(rng, ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"])
-    return kind, bg_color, R.background(kind, rng, bg_color)
+    canvas = R.background(kind, rng, bg_color)
+    if rng.random() < BUSY_BACKGROUND:  # a few uncaptioned strokes, as web photos have things nobody mentions
+        canvas = R.clutter(canvas, rng, int(rng.integers(1, 4)))
+    return kind, bg_color, canvas
 
 
 def _bg_phrase(rng, kind, bg_color) -> str:
@@ -123,7 +132,7 @@ def object_phrase(rng, shape, color, pattern, size_word, hollow) -> str:
     post = ""
     if hollow:
         adj.append(_pick(rng, ["hollow", "outlined"]))
-    if color and rng.random() < 0.8:
+    if color and rng.random() < 0.65:
         adj.append(_pick(rng, COLOR_WORDS[color]))
     if pattern and rng.random() < 0.7:
         pa, pw, _ = PATTERN_WORDS[pattern]
@@ -254,7 +263,7 @@ def relation(rng) -> tuple[np.ndarray, str]:
     return canvas, _pick(rng, PREFIXES).format(cap)
 
 
-SCENES = ((single_object, 0.34), (glyph, 0.24), (texture, 0.14), (count, 0.14), (relation, 0.14))
+SCENES = ((single_object, 0.34), (glyph, 0.34), (texture, 0.12), (count, 0.10), (relation, 0.10))
 _CUM = np.cumsum([w for _, w in SCENES])
 
 
@@ -263,7 +272,10 @@ def pretraining_pair(seed: int, index: int) -> tuple[Image.Image, str]:
     rng = np.random.default_rng([seed, index])
     scene = SCENES[int(np.searchsorted(_CUM, rng.random() * _CUM[-1]))][0]
     canvas, caption = scene(rng)
-    return R.finish(canvas), caption.replace("  ", " ")
+    image = R.finish(canvas)
+    if rng.random() < DEGRADED:
+        image = R.add_noise(R.blur(image, rng.uniform(0.0, 0.6)), rng.uniform(0.0, 6.0), rng)
+    return image, caption.replace("  ", " ")
 
 
 def iterate_pretraining_pairs(seed: int, start: int = 0) -> Iterator[tuple[Image.Image, str]]:
