@@ -180,3 +180,22 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypat
     assert len(resumed_calls) == 2  # steps 3 and 4 only: steps 1 and 2 came from the checkpoint
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     assert len(json.loads((tmp_path / "resumed" / "loss.json").read_text())["losses"]) == 4
+
+
+def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatch):
+    import dataclasses
+
+    from clipfit.world import tasks
+
+    name = "mini_shapes_sketch"
+    folder = generate_task(name, tmp_path)
+    (folder / "split_fewshot").mkdir()
+    (folder / "split_fewshot" / "shot_1-seed_1.json").write_text("{}")  # a draw from the old images
+    (folder / tasks.VERSION_FILE).unlink()  # what a folder from before versions were recorded looks like
+    newer = dataclasses.replace(WORLD_TASKS[name], version=2)
+    monkeypatch.setitem(tasks.WORLD_TASKS, name, newer)
+    assert tasks.generated_version(newer, folder) == 1
+    assert generate_task(name, tmp_path) == folder
+    assert tasks.generated_version(newer, folder) == 2
+    assert not (folder / "split_fewshot").exists()
+    assert not list(tmp_path.glob(".*"))  # nothing set aside is left behind

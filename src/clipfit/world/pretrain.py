@@ -31,7 +31,7 @@ from clipfit.world.scenes import pretraining_pair
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 6000
+    steps: int = 3600
     batch_size: int = 128
     lr: float = 1.5e-3
     warmup: int = 100
@@ -132,7 +132,7 @@ def _checkpoint_path(cfg: PretrainConfig, directory: Path) -> Path:
     return directory / f"checkpoint_seed{cfg.seed}_{digest}.pt"
 
 
-def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int = 6000, batch_size: int = 128,
+def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int = 3600, batch_size: int = 128,
                        lr: float = 1.5e-3, curve: Path | str | None = None, **kwargs) -> Path:
     """Pretrain the mini CLIP from scratch and save it as fp16 safetensors at `out`.
 

@@ -38,6 +38,7 @@ class WorldTask:
     render: Renderer = field(repr=False, compare=False)
     per_class: tuple[int, int, int] = (40, 10, 30)  # train, val, test images per class
     parent: str | None = None
+    version: int = 1  # raised whenever the renderer changes, so folders drawn by an older one are redrawn
 
     @property
     def folder(self) -> str:
@@ -98,15 +99,15 @@ def render_letter(classname: str, rng) -> Image.Image:
 
 
 def render_shape(classname: str, rng) -> Image.Image:
-    """Shift: dense clutter of distractor strokes and blobs, a desaturated palette, noise."""
+    """Shift: clutter of distractor strokes and blobs, a desaturated palette, noise."""
     kind, canvas = _plain_background(rng)
-    canvas = R.clutter(canvas, rng, int(rng.integers(8, 16)))
+    canvas = R.clutter(canvas, rng, int(rng.integers(4, 10)))
     color = S._contrasting_color(rng, kind)
     pattern = S._pick(rng, R.PATTERNS) if rng.random() < 0.3 else None
     r = rng.uniform(22, 44)
     cx, cy = rng.uniform(r + 4, R.CANVAS - r - 4, 2)
     canvas = S.draw_object(rng, canvas, classname, color, pattern, r, cx, cy)
-    canvas = R.clutter(canvas, rng, int(rng.integers(1, 4)))  # a few strokes cross the object
+    canvas = R.clutter(canvas, rng, int(rng.integers(0, 3)))  # a few strokes cross the object
     img = R.low_contrast(R.finish(canvas), rng.uniform(0.7, 1.0), rng.uniform(0.4, 0.8), rng)
     return R.add_noise(img, rng.uniform(4, 10), rng)
 
@@ -161,7 +162,8 @@ def _tasks() -> dict[str, WorldTask]:
         WorldTask("mini_letters", tuple(R.LETTERS), "a photo of the letter {}.",
                   R.Shift("cluttered", "unseen fonts, distractor strokes, blur"), render_letter),
         WorldTask("mini_shapes", _SHAPE_CLASSES, "a photo of a {}.",
-                  R.Shift("cluttered", "distractor strokes and blobs, desaturated, noise"), render_shape),
+                  R.Shift("cluttered", "distractor strokes and blobs, desaturated, noise"), render_shape,
+                  version=2),
         WorldTask("mini_colors", _COLOR_CLASSES, "a photo of a {} shape.",
                   R.Shift("tinted", "coloured illuminant and exposure change, noise"), render_color),
         WorldTask("mini_textures", tuple(R.PATTERNS), "a photo of a {} texture.",
@@ -183,14 +185,27 @@ def render_example(task: WorldTask, split: str, label: int, n: int) -> Image.Ima
     return task.render(task.classnames[label], rng)
 
 
+VERSION_FILE = "world_task.json"
+
+
+def generated_version(task: WorldTask, folder: Path) -> int | None:
+    """The renderer version that drew `folder`; None if it holds no finished task (folders written
+    before versions were recorded count as version 1)."""
+    if not (folder / task.split_file).is_file():
+        return None
+    marker = folder / VERSION_FILE
+    return int(json.loads(marker.read_text())["version"]) if marker.is_file() else 1
+
+
 def generate_task(name: str, root: Path | str) -> Path:
-    """Write task `name` under `root/<folder>` (once; atomically) and return that folder."""
+    """Write task `name` under `root/<folder>` (once per renderer version; atomically) and return that
+    folder. A folder drawn by an older renderer, few-shot draws included, is replaced as a whole."""
     if name not in WORLD_TASKS:
         raise DataError(f"unknown mini-world task {name!r}; known: {', '.join(WORLD_TASKS)}")
     task = WORLD_TASKS[name]
     root = Path(root)
     final = root / task.folder
-    if (final / task.split_file).is_file():
+    if generated_version(task, final) == task.version:
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{task.folder}.tmp-{os.getpid()}"
@@ -205,10 +220,15 @@ def generate_task(name: str, root: Path | str) -> Path:
                 render_example(task, s, label, n).save(tmp / "images" / rel, optimize=False)
                 split[s].append([rel, label, classname])
     (tmp / task.split_file).write_text(json.dumps(split, indent=1))
+    (tmp / VERSION_FILE).write_text(json.dumps({"task": task.name, "version": task.version}))
+    if final.exists():  # drawn by an older renderer: set it aside, then swap the new one in
+        stale = root / f".{task.folder}.stale-{os.getpid()}"
+        os.replace(final, stale)
+        shutil.rmtree(stale)
     try:
         os.replace(tmp, final)  # atomic; fails if another process finished first
     except OSError:
-        if not (final / task.split_file).is_file():
+        if generated_version(task, final) != task.version:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return final
