@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from clipfit import api
 from clipfit.cli import main
+from clipfit.errors import ClipFitError
 from clipfit.protocols import harmonic_mean
 
 from conftest import TINY_MODEL
@@ -92,6 +93,32 @@ def test_rerun_reuses_finished_seeds_and_refuses_a_changed_config(eurosat_root, 
     assert exit_info.value.code == 2
     assert "different config (differs in: method_options)" in capsys.readouterr().err
     assert adapter.stat().st_mtime_ns == stamp
+
+
+def test_a_run_on_weights_that_have_since_changed_is_neither_reused_nor_rebuilt(eurosat_root, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from clipfit.backbone import load_backbone
+
+    weights = tmp_path / "tiny.safetensors"
+    state = load_backbone(TINY_MODEL, "none").model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    out = tmp_path / "run"
+    args = [a if a != "none" else str(weights) for a in train_args(eurosat_root, out, "--seeds", "1")]
+    main(args)
+    metrics = (out / "seed1" / "metrics.json").read_bytes()
+    assert json.loads(metrics)["weights"].startswith("sha256:")
+    api.evaluate_run(out / "seed1", progress=False)
+
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, str(weights))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "holds a finished run on other base weights" in capsys.readouterr().err
+    assert (out / "seed1" / "metrics.json").read_bytes() == metrics
+    with pytest.raises(ClipFitError, match="adapter.safetensors: trained on .* retrain it on these weights"):
+        api.evaluate_run(out / "seed1", progress=False)
 
 
 def test_a_run_config_file_alone_reruns_the_run(eurosat_root, tmp_path):

@@ -25,6 +25,7 @@ class AdapterInfo:
     method_options: dict
     classnames: list[str]
     template: str
+    weights: str = ""  # backbone.weights_fingerprint of the base weights it was trained on
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -36,6 +37,7 @@ class AdapterInfo:
             "method_options": json.dumps(self.method_options),
             "classnames": json.dumps(self.classnames),
             "template": self.template,
+            "weights": self.weights,
         }
 
     @classmethod
@@ -50,6 +52,7 @@ class AdapterInfo:
                 method_options=json.loads(meta["method_options"]),
                 classnames=json.loads(meta["classnames"]),
                 template=meta["template"],
+                weights=meta.get("weights", ""),
             )
         except (KeyError, json.JSONDecodeError) as err:
             raise ClipFitError(f"{path}: adapter metadata is malformed ({err})") from err

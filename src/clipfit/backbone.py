@@ -4,6 +4,8 @@ name the parts that parameter-efficient methods select by structure."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -233,6 +235,31 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
         resize_mode=cfg.get("resize_mode", "shortest"),
     )
     return Backbone(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess, model_name=model_name, pretrained=pretrained)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
+    """What identifies the base weights a run starts from: the SHA-256 of the file for built-in and local
+    weights (the same name can hold other weights after an upgrade or a copy), the tag for open_clip's
+    released weights, the seed for random init."""
+    pretrained = pretrained or RANDOM_INIT
+    if pretrained == RANDOM_INIT:
+        return f"random-init:{RANDOM_INIT_SEED}"
+    if pretrained == BUILTIN:
+        path = BUILTIN_WEIGHTS.get(model_name)
+    elif _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser()
+    else:
+        return f"open_clip:{model_name}:{pretrained}"
+    if path is None or not path.is_file():
+        raise BackboneError(f"cannot fingerprint the weights of {model_name} {pretrained!r}: no such file {path}")
+    stat = path.stat()
+    return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def build_skeleton(model_name: str) -> nn.Module:

@@ -19,7 +19,7 @@ import torch
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
 from .files import atomic_write_text
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, load_backbone, weights_fingerprint
 from .config import RunConfig
 from .engine import evaluate, train
 from .errors import ClipFitError
@@ -114,8 +114,9 @@ def _seed_config(config: RunConfig, seed: int) -> RunConfig:
     return dataclasses.replace(config, seeds=[seed])
 
 
-def _existing_result(folder: Path, config: RunConfig) -> dict | None:
-    """The metrics of a finished run with the same config; an error if the folder holds a different run."""
+def _existing_result(folder: Path, config: RunConfig, weights: str) -> dict | None:
+    """The metrics of a finished run with the same config and base weights; an error if the folder holds
+    a different run."""
     metrics_file, config_file = folder / "metrics.json", folder / "config.json"
     if not metrics_file.exists():
         return None
@@ -129,7 +130,13 @@ def _existing_result(folder: Path, config: RunConfig) -> dict | None:
             f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
             f"use another --out or --overwrite"
         )
-    return json.loads(metrics_file.read_text())
+    metrics = json.loads(metrics_file.read_text())
+    if metrics.get("weights") != weights:
+        raise ClipFitError(
+            f"{folder}: holds a finished run on other base weights ({metrics.get('weights', 'not recorded')}; "
+            f"{config.model} {config.pretrained} is now {weights}); use another --out or --overwrite"
+        )
+    return metrics
 
 
 def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
@@ -167,8 +174,9 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     """Train and evaluate one seed; a finished run with the same config is read back, not redone."""
     seed_config = _seed_config(config, seed)
     folder = seed_dir(config, seed)
+    weights = weights_fingerprint(config.model, config.pretrained)
     if not overwrite:
-        existing = _existing_result(folder, seed_config)
+        existing = _existing_result(folder, seed_config, weights)
         if existing is not None:
             if echo:
                 print(f"{folder}: already done, reusing its metrics")
@@ -194,11 +202,12 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     info = AdapterInfo(
         model=config.model, pretrained=config.pretrained, method=config.method,
         method_options=config.method_options, classnames=train_splits.classnames, template=config.template,
+        weights=weights,
     )
     save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
     metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
     metrics.update(
-        seed=seed, trainable_parameters=sum(method.parameter_groups().values()),
+        seed=seed, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
         final_train_loss=history[-1]["loss"] if history else None, seconds=round(time.time() - started, 1),
     )
     log(f"metrics {json.dumps(metrics)}")
@@ -235,6 +244,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
         raise ClipFitError(f"{run_dir}: not a run folder (no config.json); pass a seed folder such as runs/x/seed1")
     config = RunConfig.from_file(config_file)
     tensors, info = load_adapter(run_dir / "adapter.safetensors")
+    current = weights_fingerprint(info.model, info.pretrained)
+    if info.weights and info.weights != current:
+        raise ClipFitError(f"{run_dir / 'adapter.safetensors'}: trained on {info.model} {info.pretrained} "
+                           f"with weights {info.weights}, which now are {current}; retrain it on these weights")
     backbone = load_backbone(info.model, info.pretrained, device=resolve_device(device))
     method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
     method.load_adapter_state(tensors, source=str(run_dir / "adapter.safetensors"))
