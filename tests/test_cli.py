@@ -35,3 +35,14 @@ def test_eval_of_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a run folder" in err
+
+
+def test_train_flags_override_the_config_file_and_unset_flags_keep_it(tmp_path):
+    from clipfit.cli import _config_from_args, build_parser
+
+    config = tmp_path / "config.json"
+    config.write_text('{"dataset": "mini_letters", "shots": 4, "hflip": true}')
+    from_flags = _config_from_args(build_parser().parse_args(["train", "--config", str(config), "--no-hflip",
+                                                              "--lr", "0.01"]))
+    assert (from_flags.dataset, from_flags.shots, from_flags.hflip, from_flags.optim.lr) == ("mini_letters", 4, False, 0.01)
+    assert _config_from_args(build_parser().parse_args(["train", "--config", str(config)])).hflip is True

@@ -66,6 +66,10 @@ def test_train_transform_crop_scale_is_configurable():
     assert next(t for t in steps if isinstance(t, T.RandomResizedCrop)).scale == (0.5, 1.0)
 
 
+def test_train_transform_without_flips_for_what_a_mirror_would_relabel():
+    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in train_transform(32, MEAN, STD, hflip=False).transforms)
+
+
 def test_test_transform_resizes_short_side_bicubic_then_center_crops(tmp_path):
     steps = test_transform(224, MEAN, STD).transforms
     resize = next(t for t in steps if isinstance(t, T.Resize))

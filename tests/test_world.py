@@ -199,3 +199,15 @@ def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatc
     assert tasks.generated_version(newer, folder) == 2
     assert not (folder / "split_fewshot").exists()
     assert not list(tmp_path.glob(".*"))  # nothing set aside is left behind
+
+
+def test_glyph_tasks_train_without_flips_unless_asked():
+    from clipfit.config import RunConfig
+    from clipfit.protocols import resolve
+
+    def hflip(dataset, **kw):
+        return resolve(RunConfig(dataset=dataset, model=MODEL_NAME, pretrained="builtin", **kw)).hflip
+
+    assert hflip("mini_letters") is False and hflip("mini_digits") is False
+    assert hflip("mini_shapes") is True and hflip("eurosat") is True
+    assert hflip("mini_letters", hflip=True) is True and hflip("eurosat", hflip=False) is False

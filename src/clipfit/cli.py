@@ -48,6 +48,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction,
+                   help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, help="data-loading processes")
     p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default runs/<dataset>-<protocol>-<shots>shot-<method>)")
@@ -61,6 +63,7 @@ def _config_from_args(args) -> RunConfig:
         "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
         "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
+        "hflip": args.hflip,
     }
     optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)

@@ -26,6 +26,8 @@ class RunConfig:
     template: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Random horizontal flips in training; None: the paper's flips, unless the dataset is not mirror-invariant.
+    hflip: bool | None = None
     eval_batch_size: int = 100
     # Decode each image once and keep it resized to the model's input size (see data.ImageDataset).
     cache_images: bool = True

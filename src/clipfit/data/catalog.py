@@ -119,6 +119,7 @@ for _task in WORLD_TASKS.values():
         _task.template,
         prepare=functools.partial(generate_task, _task.name),
         test_only=_task.parent is not None,
+        mirror_invariant=_task.mirror_invariant,
     )
 
 # Generic formats: `root` is the user's folder / CSV file itself, hence folder "".

@@ -51,6 +51,9 @@ class DatasetSpec:
     split_file: str | None = None  # CoOp split JSON, in the dataset folder
     image_dir: str = ""  # relative to the dataset folder; split-file paths are relative to it
     test_only: bool = False  # no train/val split (ImageNet-V2, ImageNet-Sketch)
+    # Whether a mirror image keeps the label, so training may flip images. Not for glyphs: a mirrored
+    # "b" is a "d", a mirrored "7" no digit at all.
+    mirror_invariant: bool = True
 
     def data_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder

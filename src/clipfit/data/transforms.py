@@ -1,7 +1,7 @@
 """CLIP's train and test transforms, built with open_clip.
 
-Train: RandomResizedCrop(scale 0.08-1, bicubic), horizontal flip, normalise. open_clip's own train
-transform has no flip, so one is inserted right after its crop.
+Train: RandomResizedCrop(scale 0.08-1, bicubic), horizontal flip (unless `hflip=False`), normalise.
+open_clip's own train transform has no flip, so one is inserted right after its crop.
 Test: resize the short side (bicubic), center crop, normalise.
 """
 
@@ -24,6 +24,7 @@ def train_transform(
     std: Sequence[float],
     *,
     crop_scale: tuple[float, float] = (0.08, 1.0),
+    hflip: bool = True,
 ) -> T.Compose:
     from open_clip import image_transform
     from open_clip.transform import AugmentationCfg
@@ -39,7 +40,8 @@ def train_transform(
     )
     steps = list(base.transforms)
     crop_at = next(i for i, t in enumerate(steps) if isinstance(t, T.RandomResizedCrop))
-    if not any(isinstance(t, T.RandomHorizontalFlip) for t in steps):
+    steps = [t for t in steps if not isinstance(t, T.RandomHorizontalFlip)]
+    if hflip:
         steps.insert(crop_at + 1, T.RandomHorizontalFlip(p=0.5))
     return T.Compose(steps)
 

@@ -39,6 +39,7 @@ class WorldTask:
     per_class: tuple[int, int, int] = (40, 10, 30)  # train, val, test images per class
     parent: str | None = None
     version: int = 1  # raised whenever the renderer changes, so folders drawn by an older one are redrawn
+    mirror_invariant: bool = True  # False for glyphs: training must not flip them
 
     @property
     def folder(self) -> str:
@@ -158,9 +159,11 @@ _COLOR_CLASSES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", 
 def _tasks() -> dict[str, WorldTask]:
     tasks = [
         WorldTask("mini_digits", tuple(S.NUMBER_WORDS), "a photo of the number {}.",
-                  R.Shift("faded", "unseen fonts, washed-out palette, blur, noise"), render_digit),
+                  R.Shift("faded", "unseen fonts, washed-out palette, blur, noise"), render_digit,
+                  mirror_invariant=False),
         WorldTask("mini_letters", tuple(R.LETTERS), "a photo of the letter {}.",
-                  R.Shift("cluttered", "unseen fonts, distractor strokes, blur"), render_letter),
+                  R.Shift("cluttered", "unseen fonts, distractor strokes, blur"), render_letter,
+                  mirror_invariant=False),
         WorldTask("mini_shapes", _SHAPE_CLASSES, "a photo of a {}.",
                   R.Shift("cluttered", "distractor strokes and blobs, desaturated, noise"), render_shape,
                   version=2),
