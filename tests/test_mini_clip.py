@@ -16,8 +16,9 @@ from clipfit.tables import README_END, README_START
 
 README = Path(__file__).parents[1] / "README.md"
 TASK = "mini_textures"
-# Measured: 4-shot base accuracy 60.0 zero-shot -> 64.7 after 10 epochs of CLIPFit at lr 0.01 (seed 1).
-MARGIN = 2.0
+# Measured: 4-shot base accuracy 64.7 zero-shot -> 72.7 after 10 epochs of CLIPFit at lr 0.01 (seed 1);
+# the test asks for half of that gain.
+MARGIN = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def mean_cosine_to_pretrained(method) -> float:
 
 def test_distillation_keeps_tuned_text_features_closer_to_the_pretrained_ones(mini_root):
     # A large learning rate moves the text biases far enough for the difference to be clear: measured
-    # 1 - cos = 0.0063 with the distillation term against 0.0088 without it.
+    # 1 - cos = 0.0133 with the distillation term against 0.0189 without it.
     with_kd, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "kd"}, lr=1.0)
     without, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "none"}, lr=1.0)
     drift_with, drift_without = 1 - mean_cosine_to_pretrained(with_kd), 1 - mean_cosine_to_pretrained(without)

@@ -101,12 +101,11 @@ def load_dataset(
     spec = get_spec(name)
     root = _absolute(root)
     data_dir = spec.data_dir(root)
-    if not data_dir.exists():
-        if spec.prepare is not None:
-            spec.prepare(root)
-        else:
-            lines = "\n".join(f"  {e.path}  ({e.description})" for e in spec.expected(root, spec))
-            raise DataError(f"dataset {name!r}: {data_dir} does not exist; expected:\n{lines}")
+    if spec.prepare is not None:
+        spec.prepare(root)  # generates on first use, and again when the generator has changed since
+    elif not data_dir.exists():
+        lines = "\n".join(f"  {e.path}  ({e.description})" for e in spec.expected(root, spec))
+        raise DataError(f"dataset {name!r}: {data_dir} does not exist; expected:\n{lines}")
     splits = spec.reader(root, spec, split_seed=split_seed)
     if template is not None:
         if "{}" not in template:
