@@ -86,11 +86,15 @@ def resolve(config: RunConfig) -> RunConfig:
     method_config(config.method, options)
     optim = dataclasses.replace(config.optim, epochs=config.optim.epochs or spec.default_epochs)
     out = config.out or f"runs/{config.dataset}-{config.protocol}-{config.shots}shot-{config.method}"
-    hflip = spec.mirror_invariant if config.hflip is None else config.hflip
     return dataclasses.replace(
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds), out=out,
-        hflip=hflip,
+        hflip=training_flips(config),
     )
+
+
+def training_flips(config: RunConfig) -> bool:
+    """Whether training flips images: as the config says, else unless the dataset is not mirror-invariant."""
+    return data.get_spec(config.dataset).mirror_invariant if config.hflip is None else config.hflip
 
 
 class RunLog:
@@ -150,8 +154,8 @@ def image_datasets(backbone: Backbone, config: RunConfig):
     """Functions that turn samples into the train and the test image datasets for this backbone."""
     p = backbone.preprocess
     cache = p.image_size if config.cache_images else None
-    hflip = data.get_spec(config.dataset).mirror_invariant if config.hflip is None else config.hflip
-    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale), hflip=hflip)
+    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale),
+                                    hflip=training_flips(config))
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
     return (
         lambda samples: data.ImageDataset(samples, train_tf, cache_short_side=cache),

@@ -128,7 +128,8 @@ def _lr_at(cfg: PretrainConfig, step: int) -> float:
 
 
 def _checkpoint_path(cfg: PretrainConfig, directory: Path) -> Path:
-    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}  # it does not change the weights
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return directory / f"checkpoint_seed{cfg.seed}_{digest}.pt"
 
 
