@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipfit.data import DatasetSplits, Sample, fewshot, fewshot_cache_file, subsample_classes
+from clipfit.data import DatasetSplits, Sample, classes_short_of, fewshot, fewshot_cache_file, subsample_classes
 from clipfit.errors import DataError
 
 
@@ -48,11 +48,36 @@ def test_fewshot_is_deterministic_per_seed(tmp_path):
     assert fewshot(splits, 4, seed=2).val == fewshot(splits, 4, seed=2).val
 
 
-def test_fewshot_does_not_depend_on_the_split_files_row_order(tmp_path):
+def hand_split(root: Path) -> DatasetSplits:
+    """Train rows a0 b0 a1 b1 a2 c0 b2 (a: label 1, b: label 0, c: label 2, one image); val vb0 va0 vb1 va1 vb2 va2."""
+    names = ["b", "a", "c"]
+
+    def sample(name):  # "a0" and "va0" are images of class "a"
+        return Sample(root / f"{name}.png", names.index(name[-2]), name[-2])
+
+    train = [sample(n) for n in ["a0", "b0", "a1", "b1", "a2", "c0", "b2"]]
+    val = [sample(n) for n in ["vb0", "va0", "vb1", "va1", "vb2", "va2"]]
+    return DatasetSplits("hand", names, "{}", train, val, [], None)
+
+
+def test_fewshot_draw_is_dassls_one_stream_in_order_of_first_appearance(tmp_path):
+    # Worked out from the rule (NOTES.md) for seed 1, K = 2. Classes in order of first appearance in the
+    # train list: a (label 1), then b (label 0), then c (label 2). One stream, random.seed(1):
+    #   random.sample([a0, a1, a2], 2) = [a0, a2]; random.sample([b0, b1, b2], 2) = [b1, b0];
+    #   c has one image, fewer than K: kept whole, and no number is drawn for it.
+    # Val continues the same stream with min(K, 4) = 2, b first (vb0 is the first val row):
+    #   random.sample([vb0, vb1, vb2], 2) = [vb1, vb2]; random.sample([va0, va1, va2], 2) = [va1, va2].
+    out = fewshot(hand_split(tmp_path), 2, seed=1)
+    assert [s.path.stem for s in out.train] == ["a0", "a2", "b1", "b0", "c0"]
+    assert [s.path.stem for s in out.val] == ["vb1", "vb2", "va1", "va2"]
+    # Val drawn from a fresh stream would give [vb0, vb2] [va1, va0]: the stream really is shared.
+
+
+def test_fewshot_draw_depends_on_the_split_files_row_order_as_dassls_does(tmp_path):
     splits = make_splits(tmp_path)
     shuffled = make_splits(tmp_path)
     shuffled.train.reverse()
-    assert set(fewshot(splits, 4, seed=1).train) == set(fewshot(shuffled, 4, seed=1).train)
+    assert fewshot(splits, 4, seed=1).train != fewshot(shuffled, 4, seed=1).train
 
 
 def test_fewshot_differs_across_seeds(tmp_path):
@@ -79,10 +104,29 @@ def test_fewshot_zero_or_none_shots_keeps_every_image(tmp_path, shots):
     assert out.train == splits.train and out.val == splits.val and out.test == splits.test
 
 
-def test_fewshot_class_with_fewer_images_than_shots_raises_naming_class_count_and_k(tmp_path):
-    splits = make_splits(tmp_path, per_class=3)
-    with pytest.raises(DataError, match=r"class 'class 0' \(label 0\) has 3 train image\(s\), fewer than shots=4"):
-        fewshot(splits, 4, seed=1)
+def test_fewshot_class_with_fewer_images_than_shots_keeps_all_it_has(tmp_path):
+    splits = make_splits(tmp_path, n_classes=3, per_class=6)
+    splits.train = [s for s in splits.train if s.label != 1 or s.path.stem in ("0", "1", "2")]
+    out = fewshot(splits, 4, seed=1, cache_dir=tmp_path / "split_fewshot")
+    assert per_class(out.train) == {0: 4, 1: 3, 2: 4}
+    assert [s for s in out.train if s.label == 1] == [s for s in splits.train if s.label == 1]  # list order, undrawn
+    assert classes_short_of(splits, 4) == [("class 1", 3)]
+    assert fewshot(splits, 4, seed=1, cache_dir=tmp_path / "split_fewshot") == out  # the cache accepts it
+
+
+def test_fewshot_cache_drawn_by_the_old_sampler_is_redrawn_not_reused(tmp_path):
+    splits = make_splits(tmp_path)
+    cache = tmp_path / "split_fewshot"
+    expected = fewshot(splits, 2, seed=1)
+    path = fewshot_cache_file(cache, 2, 1)
+    cache.mkdir()
+    old_rows = [[s.path.relative_to(tmp_path).as_posix(), s.label, s.classname] for s in splits.train if s.path.stem in ("0", "1")]
+    path.write_text(json.dumps({"format": "clipfit-fewshot/1", "dataset": "toy", "shots": 2, "seed": 1,
+                                "classnames": splits.classnames, "train": old_rows, "val": []}))
+    with pytest.warns(UserWarning, match=r"shot_2-seed_1\.json was drawn by an older version of the sampler"):
+        out = fewshot(splits, 2, seed=1, cache_dir=cache)
+    assert out.train == expected.train
+    assert json.loads(path.read_text())["format"] == "clipfit-fewshot/2"
 
 
 def test_fewshot_draw_is_cached_and_reread_identically(tmp_path):

@@ -84,24 +84,27 @@ def test_train_transform_output_shape(tmp_path):
     assert x.shape == (3, 24, 24)
 
 
-def test_decoded_image_cache_gives_the_same_eval_tensors_and_decodes_once(tmp_path, monkeypatch):
+def test_decoded_image_cache_decodes_each_image_once_within_its_budget(tmp_path, monkeypatch):
     import clipfit.data.images as images
 
     rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(90, 60), (50, 120), (33, 33)]):
+    sizes = [(90, 60), (50, 120), (33, 33)]
+    samples = []
+    for i, size in enumerate(sizes):
         path = tmp_path / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    samples = [Sample(p, 0, "x") for p in paths]
+        samples.append(Sample(path, 0, "x"))
     plain = ImageDataset(samples, test_transform(24, MEAN, STD))
-    cached = ImageDataset(samples, test_transform(24, MEAN, STD), cache_short_side=24)
+    # Room for the first two images (90*60*3 + 50*120*3 = 34,200 bytes), not the third.
+    cached = ImageDataset(samples, test_transform(24, MEAN, STD), cache_bytes=34_200 + 100)
     for i in range(len(samples)):
         assert torch.equal(plain[i][0], cached[i][0])
+    assert cached.cached_bytes == 34_200
 
     opened = []
-    monkeypatch.setattr(images, "open_image", lambda path: opened.append(path) or Image.open(path).convert("RGB"))
+    real = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda path: opened.append(path.name) or real(path))
     for _ in range(3):
         for i in range(len(samples)):
             cached[i]
-    assert opened == []  # every image came from the cache filled above
+    assert opened == ["2.jpg"] * 3  # past the budget: decoded on every read; the others came from the cache

@@ -80,9 +80,10 @@ def mean_cosine_to_pretrained(method) -> float:
 
 def test_distillation_keeps_tuned_text_features_closer_to_the_pretrained_ones(mini_root):
     # A large learning rate moves the text biases far enough for the difference to be clear: measured
-    # 1 - cos = 0.0133 with the distillation term against 0.0189 without it.
-    with_kd, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "kd"}, lr=1.0)
-    without, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "none"}, lr=1.0)
+    # 1 - cos = 0.00458 with the distillation term against 0.00685 without it (20 epochs of one step:
+    # 20 base images at batch 16, the partial batch dropped).
+    with_kd, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "kd"}, epochs=20, lr=1.0)
+    without, _ = tuned(mini_root, {"beta": 8.0, "regularizer": "none"}, epochs=20, lr=1.0)
     drift_with, drift_without = 1 - mean_cosine_to_pretrained(with_kd), 1 - mean_cosine_to_pretrained(without)
     assert 0 < drift_with < 0.85 * drift_without
 

@@ -35,9 +35,10 @@ def test_base2new_run_writes_config_log_metrics_and_adapter_per_seed(eurosat_roo
 
     summary = json.loads((out / "summary.json").read_text())
     assert [m["seed"] for m in summary["per_seed"]] == [1, 2]
-    for key in ("base", "new", "hm"):
+    for key in ("base", "new"):
         values = [m[key] for m in summary["per_seed"]]
         assert summary["mean"][key] == pytest.approx(sum(values) / 2)
+    assert summary["mean"]["hm"] == pytest.approx(harmonic_mean(summary["mean"]["base"], summary["mean"]["new"]))
     for m in summary["per_seed"]:
         assert m["hm"] == pytest.approx(harmonic_mean(m["base"], m["new"]))
         assert m["base_n"] == 2 * 4 and m["new_n"] == 2 * 4  # 2 of the 4 classes each, 4 test images per class

@@ -18,7 +18,7 @@ def test_markdown_has_a_row_per_task_and_a_mean_over_tasks_with_training_data():
     assert "seeds 1 2" in lines[0]
     assert lines[2] == "| mini_a | 10 | 40.0 | 40.0 / 40.0 / 40.0 | 50.0±1.0 / 50.0±2.0 / 50.0±0.5 |"
     assert lines[4] == "| mini_a_sketch | 10 | 12.5 | test domain of mini_a | |"
-    assert lines[5] == "| **mean** (tasks with training data) | | 50.0 | 50.0 / 50.0 / 50.0 | 60.0 / 60.0 / 60.0 |"
+    assert lines[5] == "| **mean** (tasks with training data; HM of the mean Base and New) | | 50.0 | 50.0 / 50.0 / 50.0 | 60.0 / 60.0 / 60.0 |"
 
 
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path):

@@ -41,7 +41,7 @@ def count_parameters(method: str, model: str) -> dict[str, int]:
     cls = get_method(method)
     backbone = Backbone(model=skeleton, tokenizer=open_clip.get_tokenizer(model), preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
                         model_name=model, pretrained="none")
-    options = cls.protocol_defaults("base2new", data.get_spec("imagefolder"))
+    options = cls.protocol_defaults("base2new", "imagefolder")
     instance = build_method(method, backbone, ["class"], "{}", options)
     return {"groups": instance.parameter_groups(), "notes": instance.notes}
 

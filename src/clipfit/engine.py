@@ -15,9 +15,10 @@ from .methods import Method
 
 @dataclass
 class OptimConfig:
-    """SGD with one constant warm-up epoch, then cosine decay over the epochs (NOTES.md)."""
+    """SGD with constant warm-up epochs, then cosine decay over the epochs, stepped per epoch (Dassl's
+    `build_lr_scheduler` with `ConstantWarmupScheduler`, as CoOp and CLIPFit configure it: NOTES.md)."""
 
-    # None: the dataset's default (NOTES.md: 10 for ImageNet and Food101, else 100), filled in by the protocol.
+    # None: the method's default for the protocol and dataset (CLIPFit: 10 for ImageNet and Food101, else 100).
     epochs: int | None = None
     batch_size: int = 32
     lr: float = 0.002
@@ -28,9 +29,16 @@ class OptimConfig:
 
 
 def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under Dassl's constant warm-up + cosine schedule.
+
+    Epochs ``0 .. W-1`` (W = ``warmup_epochs``) run at ``warmup_lr``; epoch ``e >= W`` runs at
+    ``0.5 * lr * (1 + cos(pi * (e - W) / T))``, T = ``epochs``: the cosine (T_max = T) only starts
+    counting when the warm-up ends, so the first epoch after the warm-up runs at the base lr. For T = 10,
+    W = 1, lr 0.002: 1e-5, 0.002, 0.0019511, ..., 0.00019098 (Dassl `dassl/optim/lr_scheduler.py`).
+    """
     if epoch < optim.warmup_epochs:
         return optim.warmup_lr
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / optim.epochs))
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -44,12 +52,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
+    """Dassl's loaders: training samples without replacement and drops the last partial batch when the
+    set holds at least one full batch (80 images at batch 32: 2 steps per epoch); evaluation keeps all."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=train,
+        drop_last=train and len(dataset) >= batch_size,
         num_workers=num_workers,
         generator=generator,
         persistent_workers=num_workers > 0,
@@ -79,9 +90,9 @@ def train(
     torch.manual_seed(seed)
     method.prepare_training()
     optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    loader = _loader(dataset, optim.batch_size, shuffle=True, num_workers=num_workers, seed=seed)
+    loader = _loader(dataset, optim.batch_size, train=True, num_workers=num_workers, seed=seed)
     device = method.backbone.device
-    method.train()
+    method.train()  # the method's own modules only: the frozen backbone stays in eval mode (Method.train)
     bar = tqdm(total=optim.epochs * len(loader), desc=f"train {method.name}", disable=not progress, unit="step")
     for epoch in range(optim.epochs):
         lr = lr_at_epoch(optim, epoch)
@@ -119,7 +130,7 @@ def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, n
     all_logits, all_labels = [], []
     with autocast(device, precision):
         class_features = method.class_features()
-        for images, labels in tqdm(_loader(dataset, batch_size, False, num_workers), desc=desc, disable=not progress, unit="batch"):
+        for images, labels in tqdm(_loader(dataset, batch_size, train=False, num_workers=num_workers), desc=desc, disable=not progress, unit="batch"):
             all_logits.append(method.logits(images.to(device), class_features).float().cpu())
             all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)

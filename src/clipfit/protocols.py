@@ -20,10 +20,20 @@ from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
 from .files import atomic_write_text
 from .backbone import Backbone, load_backbone, weights_fingerprint
-from .config import RunConfig
+from .config import IMAGE_CACHES, RunConfig
 from .engine import evaluate, train
 from .errors import ClipFitError
 from .methods import Method, build_method, get_method, method_config
+
+
+# What a finished run's numbers mean beyond its config: bumped whenever the training recipe changes, so
+# that a run from before is redone, not reused as if it were the same setting.
+RECIPES = {
+    1: "before 2026-11-30",
+    2: "Dassl's warm-up + cosine schedule, whole batches, Dassl's few-shot draw, crops from full-resolution "
+       "images, frozen backbone in eval mode, distillation toward the pretrained weights",
+}
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,10 @@ def resolve(config: RunConfig) -> RunConfig:
     template = config.template or spec.template
     if "{}" not in template:
         raise ClipFitError(f"prompt template {template!r} has no '{{}}' for the class name")
-    options = {**method_cls.protocol_defaults(config.protocol, spec), **config.method_options}
+    options = {**method_cls.protocol_defaults(config.protocol, config.dataset), **config.method_options}
     method_config(config.method, options)
-    optim = dataclasses.replace(config.optim, epochs=config.optim.epochs or spec.default_epochs)
+    optim_defaults = method_cls.optim_defaults(config.protocol, config.dataset)
+    optim = dataclasses.replace(config.optim, **{k: v for k, v in optim_defaults.items() if getattr(config.optim, k) is None})
     out = config.out or f"runs/{config.dataset}-{config.protocol}-{config.shots}shot-{config.method}"
     return dataclasses.replace(
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds), out=out,
@@ -120,14 +131,21 @@ def _seed_config(config: RunConfig, seed: int) -> RunConfig:
     return dataclasses.replace(config, seeds=[seed])
 
 
-def _existing_result(folder: Path, config: RunConfig, weights: str) -> dict | None:
-    """The metrics of a finished run with the same config and base weights; an error if the folder holds
-    a different run."""
+def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callable[[str], None]) -> dict | None:
+    """The metrics of a finished run with the same config, recipe and base weights; None if there is none
+    or it ran under an older recipe (`say` tells why it is redone); an error if the folder holds a
+    different run."""
     metrics_file, config_file = folder / "metrics.json", folder / "config.json"
     if not metrics_file.exists():
         return None
     if not config_file.exists():
         raise ClipFitError(f"{folder}: has metrics.json but no config.json; move it away or use --overwrite")
+    metrics = json.loads(metrics_file.read_text())
+    recipe = metrics.get("recipe", 1)
+    if recipe != RECIPE_VERSION:
+        say(f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
+            f"({RECIPES[RECIPE_VERSION]}); redoing this seed")
+        return None
     previous = json.loads(config_file.read_text())
     current = json.loads(config.to_json())
     if previous != current:
@@ -136,7 +154,6 @@ def _existing_result(folder: Path, config: RunConfig, weights: str) -> dict | No
             f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
             f"use another --out or --overwrite"
         )
-    metrics = json.loads(metrics_file.read_text())
     if metrics.get("weights") != weights:
         raise ClipFitError(
             f"{folder}: holds a finished run on other base weights ({metrics.get('weights', 'not recorded')}; "
@@ -151,15 +168,24 @@ def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
 
 
 def image_datasets(backbone: Backbone, config: RunConfig):
-    """Functions that turn samples into the train and the test image datasets for this backbone."""
+    """Functions that turn samples into the train and the test image datasets for this backbone.
+
+    Training images are read once per epoch, so they are cached as `config.image_cache` says; test
+    images are read once per evaluation and never cached (ImageNet's 50,000 would not fit)."""
+    if config.image_cache not in IMAGE_CACHES:
+        raise ClipFitError(f"image_cache must be one of {', '.join(IMAGE_CACHES)}, got {config.image_cache!r}")
     p = backbone.preprocess
-    cache = p.image_size if config.cache_images else None
+    cache = {
+        "decoded": {"cache_bytes": config.image_cache_mb * 2**20},
+        "resized-approximate": {"cache_bytes": config.image_cache_mb * 2**20, "resize_short_side": p.image_size},
+        "none": {},
+    }[config.image_cache]
     train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale),
                                     hflip=training_flips(config))
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
     return (
-        lambda samples: data.ImageDataset(samples, train_tf, cache_short_side=cache),
-        lambda samples: data.ImageDataset(samples, test_tf, cache_short_side=cache),
+        lambda samples: data.ImageDataset(samples, train_tf, **cache),
+        lambda samples: data.ImageDataset(samples, test_tf),
     )
 
 
@@ -182,11 +208,11 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     seed_config = _seed_config(config, seed)
     folder = seed_dir(config, seed)
     weights = weights_fingerprint(config.model, config.pretrained)
+    say = print if echo else (lambda line: None)
     if not overwrite:
-        existing = _existing_result(folder, seed_config, weights)
+        existing = _existing_result(folder, seed_config, weights, say)
         if existing is not None:
-            if echo:
-                print(f"{folder}: already done, reusing its metrics")
+            say(f"{folder}: already done, reusing its metrics")
             return existing
     for stale in ("metrics.json", "log.txt"):
         (folder / stale).unlink(missing_ok=True)
@@ -194,9 +220,15 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     atomic_write_text(folder / "config.json", seed_config.to_json())
     log = RunLog(folder / "log.txt", echo=False)
     log(f"config {seed_config.to_json()}")
+    log(f"recipe {RECIPE_VERSION}: {RECIPES[RECIPE_VERSION]}")
+    if config.image_cache == "resized-approximate":
+        log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
+            "model's input size, not from the full-resolution files as the reference transform does")
     started = time.time()
     protocol = get_protocol(config.protocol)
     splits = load_splits(config, seed)
+    for name, count in data.classes_short_of(splits, config.shots) if config.shots and config.shots > 0 else []:
+        log(f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: all are used (as Dassl does)")
     train_splits = protocol.train_classes(splits)
     backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
     train_dataset, test_dataset = image_datasets(backbone, config)
@@ -214,7 +246,7 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
     save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
     metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
     metrics.update(
-        seed=seed, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
+        seed=seed, recipe=RECIPE_VERSION, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
         final_train_loss=history[-1]["loss"] if history else None, seconds=round(time.time() - started, 1),
     )
     log(f"metrics {json.dumps(metrics)}")
@@ -223,6 +255,10 @@ def run_seed(config: RunConfig, seed: int, *, progress: bool = True, echo: bool 
 
 
 def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
+    """Mean and std over seeds. A derived column (base-to-new's HM) is computed from the mean accuracies,
+    as the papers report it (CoCoOp, CLIPFit Table 1: HM of the mean Base and the mean New), not
+    averaged; its std is over the per-seed values, which `per_seed` keeps."""
+    protocol = get_protocol(config.protocol)
     keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], float) and not k.endswith("_n") and k not in ("final_train_loss", "seconds")]
     summary = {"out": config.out, "method": config.method, "model": config.model, "pretrained": config.pretrained, "dataset": config.dataset,
                "protocol": config.protocol, "shots": config.shots, "seeds": [m["seed"] for m in per_seed], "per_seed": per_seed,
@@ -231,6 +267,10 @@ def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
         values = [m[key] for m in per_seed]
         summary["mean"][key] = statistics.fmean(values)
         summary["std"][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+    derived = protocol.derived(summary["mean"])
+    summary["mean"].update(derived)
+    if derived:
+        summary["derived_from_means"] = sorted(derived)
     return summary
 
 

@@ -8,7 +8,7 @@
 
 from . import catalog as _catalog  # noqa: F401  (registers the built-in datasets)
 from .check import DataCheckReport, check_dataset
-from .fewshot import fewshot, fewshot_cache_file, subsample_classes
+from .fewshot import classes_short_of, fewshot, fewshot_cache_file, subsample_classes
 from .images import ImageDataset, open_image
 from .readers import IMAGE_EXTENSIONS, list_images
 from .registry import (
@@ -37,6 +37,7 @@ __all__ = [
     "ImageDataset",
     "Sample",
     "check_dataset",
+    "classes_short_of",
     "clean_classname",
     "fewshot",
     "fewshot_cache_file",

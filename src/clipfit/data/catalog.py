@@ -55,14 +55,13 @@ register_dataset(
         reader=read_imagenet,
         expected=expect_imagenet,
         title="ImageNet",
-        default_epochs=10,
     )
 )
 _coop("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", DEFAULT_TEMPLATE)
 _coop("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.")
 _coop("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE)
 _coop("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower.")
-_coop("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.", default_epochs=10)
+_coop("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.")
 register_dataset(
     DatasetSpec(
         name="fgvc_aircraft",
@@ -73,16 +72,8 @@ register_dataset(
         title="FGVCAircraft",
     )
 )
-_coop("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE, fewshot_beta=8.0)
-_coop(
-    "dtd",
-    "DTD",
-    "dtd",
-    "images",
-    "split_zhou_DescribableTextures.json",
-    "a photo of a {}, a type of texture.",
-    fewshot_beta=8.0,
-)
+_coop("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE)
+_coop("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json", "a photo of a {}, a type of texture.")
 _coop("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.")
 _coop("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}.")
 register_dataset(

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,10 @@ from clipfit.files import atomic_write_text
 
 from .samples import DatasetSplits, Sample
 
-FEWSHOT_FORMAT = "clipfit-fewshot/1"
+# Version 2: Dassl's draw (one stream, classes in order of first appearance). Version 1 drew other
+# images (a stream per split, each class's images sorted by path); its caches are redrawn, never reused.
+FEWSHOT_FORMAT = "clipfit-fewshot/2"
+OLD_FEWSHOT_FORMATS = ("clipfit-fewshot/1",)
 VAL_SHOTS_MAX = 4
 
 
@@ -22,34 +26,35 @@ def fewshot_cache_file(cache_dir: Path, shots: int, seed: int) -> Path:
     return Path(cache_dir) / f"shot_{shots}-seed_{seed}.json"
 
 
-def _by_label(samples: list[Sample], num_classes: int) -> list[list[Sample]]:
-    groups: list[list[Sample]] = [[] for _ in range(num_classes)]
+def _sample_per_class(rng: random.Random, samples: list[Sample], shots: int) -> list[Sample]:
+    """Dassl's `generate_fewshot_dataset` on one list: group by label, labels in order of first appearance,
+    each group in list order; `rng.sample(group, shots)` per group, or the whole group when it is smaller."""
+    groups: dict[int, list[Sample]] = {}
     for s in samples:
-        groups[s.label].append(s)
-    return groups
+        groups.setdefault(s.label, []).append(s)
+    chosen: list[Sample] = []
+    for group in groups.values():
+        chosen += rng.sample(group, shots) if len(group) >= shots else group
+    return chosen
 
 
 def _draw(splits: DatasetSplits, shots: int, seed: int) -> tuple[list[Sample], list[Sample]]:
-    n = splits.num_classes
-    train_groups = _by_label(splits.train, n)
-    val_groups = _by_label(splits.val, n)
-    train_rng = random.Random(f"clipfit/fewshot/train/{seed}")
-    val_rng = random.Random(f"clipfit/fewshot/val/{seed}")
-    val_shots = min(shots, VAL_SHOTS_MAX)
-    train: list[Sample] = []
-    val: list[Sample] = []
-    for label in range(n):
-        pool = sorted(train_groups[label], key=lambda s: s.path)
-        if len(pool) < shots:
-            raise DataError(
-                f"dataset {splits.name!r}: class {splits.classnames[label]!r} (label {label}) has "
-                f"{len(pool)} train image(s), fewer than shots={shots}"
-            )
-        train += train_rng.sample(pool, shots)
-        # val is not used for model selection: a class with fewer val images keeps them all.
-        vpool = sorted(val_groups[label], key=lambda s: s.path)
-        val += val_rng.sample(vpool, min(val_shots, len(vpool)))
+    # CoOp seeds Python's global `random` with the run's seed at start-up (nothing draws from it before
+    # the dataset is read), then draws train and val from that one stream: the same images, in the same
+    # order, as every CoOp-family paper's `split_fewshot/shot_K-seed_S.pkl`.
+    rng = random.Random(seed)
+    train = _sample_per_class(rng, splits.train, shots)
+    val = _sample_per_class(rng, splits.val, min(shots, VAL_SHOTS_MAX))
     return train, val
+
+
+def classes_short_of(splits: DatasetSplits, shots: int) -> list[tuple[str, int]]:
+    """(class name, train images) of every class with fewer than ``shots`` train images: a few-shot draw
+    keeps all of them, as Dassl's sampler does."""
+    counts = [0] * splits.num_classes
+    for s in splits.train:
+        counts[s.label] += 1
+    return [(splits.classnames[label], n) for label, n in enumerate(counts) if n < shots]
 
 
 def _key(path: Path, base: Path) -> str:
@@ -68,7 +73,8 @@ def _write_atomic(path: Path, payload: dict) -> None:
         ) from None
 
 
-def _read_cache(path: Path, splits: DatasetSplits, shots: int, seed: int) -> tuple[list[Sample], list[Sample]]:
+def _read_cache(path: Path, splits: DatasetSplits, shots: int, seed: int) -> tuple[list[Sample], list[Sample]] | None:
+    """The cached draw; None for a cache in an older format (drawn another way, so it must be redrawn)."""
     stale = f"few-shot cache {path} does not match dataset {splits.name!r}"
     fix = f"; delete {path} to redraw (methods compared on one seed must share one draw)"
     try:
@@ -76,6 +82,8 @@ def _read_cache(path: Path, splits: DatasetSplits, shots: int, seed: int) -> tup
             data = json.load(f)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"few-shot cache {path} cannot be read: {exc}{fix}") from None
+    if isinstance(data, dict) and data.get("format") in OLD_FEWSHOT_FORMATS:
+        return None
     if not isinstance(data, dict) or data.get("format") != FEWSHOT_FORMAT:
         raise DataError(f"few-shot cache {path} is not a {FEWSHOT_FORMAT} file{fix}")
     for field, want in (("dataset", splits.name), ("shots", shots), ("seed", seed), ("classnames", splits.classnames)):
@@ -99,11 +107,13 @@ def _read_cache(path: Path, splits: DatasetSplits, shots: int, seed: int) -> tup
                 )
             chosen.append(s)
         out[split] = chosen
-    counts = [0] * splits.num_classes
+    counts, available = [0] * splits.num_classes, [0] * splits.num_classes
     for s in out["train"]:
         counts[s.label] += 1
-    if any(c != shots for c in counts):
-        raise DataError(f"{stale}: it does not hold {shots} train images per class{fix}")
+    for s in splits.train:
+        available[s.label] += 1
+    if any(c != min(shots, a) for c, a in zip(counts, available)):
+        raise DataError(f"{stale}: it does not hold min({shots}, the class's images) train images per class{fix}")
     return out["train"], out["val"]
 
 
@@ -115,10 +125,14 @@ def _short(value: object, limit: int = 80) -> str:
 def fewshot(splits: DatasetSplits, shots: int | None, seed: int, cache_dir: Path | None = None) -> DatasetSplits:
     """K train images per class drawn with ``seed``, val min(K, 4) per class, test untouched.
 
+    The draw is Dassl's (`DatasetBase.generate_fewshot_dataset` as CoOp's readers call it, NOTES.md):
+    the same images, in the same order, that CoOp, CoCoOp, KgCoOp, MaPLe and CLIPFit train on for this
+    seed and split file. A class with fewer than K images keeps all of them (see `classes_short_of`).
     ``shots`` None or <= 0 returns every image. With ``cache_dir`` the draw is stored as
     ``<cache_dir>/shot_{K}-seed_{seed}.json`` on first use and read back afterwards, so every method
-    sees the same images; a cache that no longer matches the dataset raises ``DataError``.
-    (Pass ``splits.fewshot_dir`` for the dataset's standard location.)
+    sees the same images; a cache that no longer matches the dataset raises ``DataError``, and one
+    written by an older version of the draw is redrawn (with a warning). (Pass ``splits.fewshot_dir``
+    for the dataset's standard location.)
     """
     if shots is None or shots <= 0:
         return dataclasses.replace(splits, train=list(splits.train), val=list(splits.val), test=list(splits.test))
@@ -126,9 +140,13 @@ def fewshot(splits: DatasetSplits, shots: int | None, seed: int, cache_dir: Path
         train, val = _draw(splits, shots, seed)
     else:
         path = fewshot_cache_file(Path(cache_dir), shots, seed)
-        if path.exists():
-            train, val = _read_cache(path, splits, shots, seed)
+        cached = _read_cache(path, splits, shots, seed) if path.exists() else None
+        if cached is not None:
+            train, val = cached
         else:
+            if path.exists():
+                warnings.warn(f"few-shot cache {path} was drawn by an older version of the sampler (not "
+                              f"Dassl's); redrawing it", stacklevel=2)
             train, val = _draw(splits, shots, seed)
             base = path.parent.parent
             _write_atomic(

@@ -27,33 +27,49 @@ def open_image(path) -> Image.Image:
 class ImageDataset(torch.utils.data.Dataset):
     """``(samples, transform)`` -> items ``(transform(image), label)``; no transform gives a [0, 1] tensor.
 
-    With ``cache_short_side``, each image is decoded once, resized so its short side is that many pixels
-    (bicubic, as CLIP's test transform does) and kept in memory; the transform (random crop and flip
-    included) still runs on every access. Decoding a JPEG costs far more than the crop, and a few-shot
-    run reads every image once per epoch. For evaluation at the model's input size the cached image is
-    exactly what the test transform's resize would produce, so results are unchanged; for training the
-    random crops come from the resized image rather than the full-resolution file.
+    ``cache_bytes``: memory budget (bytes) for decoded images kept across reads. Training reads every
+    image once per epoch and decoding a JPEG costs far more than the crop, so a training set keeps each
+    decoded full-resolution RGB image (width x height x 3 bytes) until the budget is spent; images past
+    it are decoded on every read. The transform (random crop and flip included) runs on every read on
+    the same full-resolution image the reference transform sees, so the output is bit for bit the
+    reference's for the same random state, cached or not. 0 keeps nothing (evaluation reads each image
+    once). With ``num_workers > 0`` every data-loading process holds its own cache.
+
+    ``resize_short_side``: resize each decoded image (bicubic) so its short side is that many pixels
+    before it is cached and transformed. Approximate for training: random crops are then cut from the
+    resized image, not the full-resolution file, so they differ from the reference transform's.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache_short_side: int | None = None):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, *, cache_bytes: int = 0,
+                 resize_short_side: int | None = None):
         self.samples = list(samples)
         self.transform = transform
-        self.cache_short_side = cache_short_side
+        self.cache_bytes = cache_bytes
+        self.resize_short_side = resize_short_side
+        self.cached_bytes = 0
         self._cache: dict[int, Image.Image] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image(self, index: int) -> Image.Image:
-        if self.cache_short_side is None:
-            return open_image(self.samples[index].path)
-        if index not in self._cache:
+    def _decode(self, index: int) -> Image.Image:
+        image = open_image(self.samples[index].path)
+        if self.resize_short_side is not None:
             from torchvision.transforms import InterpolationMode
             from torchvision.transforms.functional import resize
 
-            image = open_image(self.samples[index].path)
-            self._cache[index] = resize(image, self.cache_short_side, interpolation=InterpolationMode.BICUBIC)
-        return self._cache[index]
+            image = resize(image, self.resize_short_side, interpolation=InterpolationMode.BICUBIC)
+        return image
+
+    def _image(self, index: int) -> Image.Image:
+        image = self._cache.get(index)
+        if image is None:
+            image = self._decode(index)
+            size = image.width * image.height * len(image.getbands())
+            if self.cached_bytes + size <= self.cache_bytes:
+                self._cache[index] = image
+                self.cached_bytes += size
+        return image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]

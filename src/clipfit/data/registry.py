@@ -34,6 +34,9 @@ class DatasetReader(Protocol):
 class DatasetSpec:
     """A registered dataset: where it lives under the data root, how to read it, its prompt.
 
+    A spec describes data only; what a method does with it (epochs, loss weights) is the method's
+    business (`Method.protocol_defaults`, `Method.optim_defaults`).
+
     ``reader(root, spec, split_seed=...)`` and ``expected(root, spec)`` take the *data root* (the
     folder holding every dataset's folder), not the dataset folder: a few datasets (ImageNet-V2,
     ImageNet-Sketch) borrow files from a sibling folder.
@@ -45,8 +48,6 @@ class DatasetSpec:
     reader: DatasetReader
     expected: Callable[[Path, "DatasetSpec"], list[Expectation]]
     prepare: Callable[[Path], None] | None = None
-    default_epochs: int = 100
-    fewshot_beta: float = 2.0
     title: str = ""  # as the papers' tables name it, e.g. "EuroSAT"
     split_file: str | None = None  # CoOp split JSON, in the dataset folder
     image_dir: str = ""  # relative to the dataset folder; split-file paths are relative to it

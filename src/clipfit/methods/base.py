@@ -43,9 +43,28 @@ class Method(nn.Module):
         self.set_classes(classnames)
 
     @classmethod
-    def protocol_defaults(cls, protocol: str, dataset) -> dict:
-        """Option values that depend on the protocol or dataset (filled in where the user gave none)."""
+    def protocol_defaults(cls, protocol: str, dataset: str) -> dict:
+        """Method options that depend on the protocol or the dataset's registry name (filled in where the
+        user gave none). Method-specific values live here, never in the dataset's spec."""
         return {}
+
+    @classmethod
+    def optim_defaults(cls, protocol: str, dataset: str) -> dict:
+        """`OptimConfig` fields whose paper value depends on the protocol or dataset (filled in where the
+        user gave none)."""
+        return {}
+
+    def train(self, mode: bool = True) -> Method:
+        """Switch the method's own modules to training mode; the frozen backbone always stays in eval mode.
+
+        `nn.Module.train` would also switch the frozen CLIP: a ResNet tower's BatchNorms would update
+        their running statistics (which no adapter file saves) and drop-path would turn on in towers that
+        have it. The trainable tensors CLIPFit selects inside the backbone (LayerNorms, Linear biases)
+        behave the same in either mode.
+        """
+        super().train(mode)
+        self.clip.eval()
+        return self
 
     def set_classes(self, classnames: list[str]) -> None:
         """Point the classifier at a class list (the training classes, or new ones for evaluation)."""
