@@ -95,11 +95,11 @@ def test_decoded_image_cache_decodes_each_image_once_within_its_budget(tmp_path,
         Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
         samples.append(Sample(path, 0, "x"))
     plain = ImageDataset(samples, test_transform(24, MEAN, STD))
-    # Room for the first two images (90*60*3 + 50*120*3 = 34,200 bytes), not the third.
-    cached = ImageDataset(samples, test_transform(24, MEAN, STD), cache_bytes=34_200 + 100)
+    # Room for the first two images (PIL's 4 bytes a pixel: 90*60*4 + 50*120*4 = 45,600 bytes), not the third.
+    cached = ImageDataset(samples, test_transform(24, MEAN, STD), cache_bytes=45_600 + 100)
     for i in range(len(samples)):
         assert torch.equal(plain[i][0], cached[i][0])
-    assert cached.cached_bytes == 34_200
+    assert cached.cached_bytes == 45_600
 
     opened = []
     real = images.open_image

@@ -4,6 +4,7 @@ modules, the distillation target, averages, method defaults, and the recipe vers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from clipfit import api, data
 from clipfit.backbone import Preprocess, load_backbone
 from clipfit.config import RunConfig
 from clipfit.engine import OptimConfig, lr_at_epoch, train
+from clipfit.errors import ClipFitError
 from clipfit.methods import build_method, get_method
 from clipfit.protocols import RECIPE_VERSION, harmonic_mean, image_datasets, resolve, summarize
 from clipfit.tables import MiniWorldTableConfig, to_markdown
@@ -167,7 +169,7 @@ def test_training_crops_are_the_reference_transforms_bit_for_bit_cached_or_not(p
         ours = train_set[0][0]
         torch.manual_seed(state)
         assert torch.equal(ours, reference(Image.open(photo).convert("RGB"))), state
-    assert train_set.cached_bytes == (500 * 375 * 3 if image_cache_mb else 0)
+    assert train_set.cached_bytes == (500 * 375 * 4 if image_cache_mb else 0)
 
 
 def test_the_resized_cache_is_opt_in_and_really_differs_from_the_reference(photo):
@@ -314,8 +316,27 @@ def test_a_run_finished_under_an_older_recipe_is_redone_and_says_why(eurosat_roo
     metrics_file = tmp_path / "run" / "seed1" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     assert metrics["recipe"] == RECIPE_VERSION
-    del metrics["recipe"]  # as every run written before the recipe was recorded
+    # As every run written before the recipe was recorded: no recipe, and the old image-cache field.
+    del metrics["recipe"]
     metrics_file.write_text(json.dumps(metrics))
+    config_file = tmp_path / "run" / "seed1" / "config.json"
+    old_config = json.loads(config_file.read_text())
+    del old_config["image_cache"], old_config["image_cache_mb"]
+    config_file.write_text(json.dumps({**old_config, "cache_images": True}))
     api.run(config, progress=False, echo=True)
     assert f"finished under training recipe 1, not the current {RECIPE_VERSION}" in capsys.readouterr().out
     assert json.loads(metrics_file.read_text())["recipe"] == RECIPE_VERSION
+    assert json.loads(config_file.read_text())["image_cache"] == "decoded"
+
+
+def test_an_old_recipe_run_of_another_setting_is_refused_not_overwritten(eurosat_root, tmp_path):
+    config = RunConfig(model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root), shots=2,
+                       seeds=[1], optim=OptimConfig(epochs=1), out=str(tmp_path / "run"))
+    api.run(config, progress=False, echo=False)
+    metrics_file = tmp_path / "run" / "seed1" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    del metrics["recipe"]
+    metrics_file.write_text(json.dumps(metrics))
+    with pytest.raises(ClipFitError, match=r"seed1: holds a finished run with a different config \(differs in: shots\)"):
+        api.run(dataclasses.replace(config, shots=4), progress=False, echo=False)
+    assert json.loads(metrics_file.read_text()) == metrics

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import api
-from .config import RunConfig
+from .config import IMAGE_CACHES, RunConfig
 from .demo import DemoConfig, print_demo, run_demo
 from .errors import ClipFitError
 from .report import print_params, print_predictions, print_summary
@@ -50,6 +50,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction,
                    help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)")
+    p.add_argument("--image-cache", choices=IMAGE_CACHES,
+                   help="decoded (default, exact): keep decoded full-resolution training images within --image-cache-mb; "
+                        "resized-approximate: keep them resized to the input size and crop from that (not the "
+                        "reference's augmentation); none: decode on every read")
+    p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default {RunConfig.image_cache_mb})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, help="data-loading processes")
     p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default runs/<dataset>-<protocol>-<shots>shot-<method>)")
@@ -63,7 +68,7 @@ def _config_from_args(args) -> RunConfig:
         "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
         "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
-        "hflip": args.hflip,
+        "hflip": args.hflip, "image_cache": args.image_cache, "image_cache_mb": args.image_cache_mb,
     }
     optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)

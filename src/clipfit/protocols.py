@@ -133,27 +133,31 @@ def _seed_config(config: RunConfig, seed: int) -> RunConfig:
 
 def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callable[[str], None]) -> dict | None:
     """The metrics of a finished run with the same config, recipe and base weights; None if there is none
-    or it ran under an older recipe (`say` tells why it is redone); an error if the folder holds a
-    different run."""
+    or it is the same setting run under an older recipe (`say` tells why it is redone); an error if the
+    folder holds a different run."""
     metrics_file, config_file = folder / "metrics.json", folder / "config.json"
     if not metrics_file.exists():
         return None
     if not config_file.exists():
         raise ClipFitError(f"{folder}: has metrics.json but no config.json; move it away or use --overwrite")
     metrics = json.loads(metrics_file.read_text())
-    recipe = metrics.get("recipe", 1)
-    if recipe != RECIPE_VERSION:
-        say(f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
-            f"({RECIPES[RECIPE_VERSION]}); redoing this seed")
-        return None
     previous = json.loads(config_file.read_text())
     current = json.loads(config.to_json())
+    recipe = metrics.get("recipe", 1)
+    if recipe != RECIPE_VERSION:
+        # Read the old config as today's code reads it (renamed fields translated); how images were cached
+        # belongs to the recipe, not to the setting the user chose.
+        previous = {**json.loads(RunConfig.from_dict(previous, str(config_file)).to_json()), "image_cache": config.image_cache}
     if previous != current:
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise ClipFitError(
             f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
             f"use another --out or --overwrite"
         )
+    if recipe != RECIPE_VERSION:
+        say(f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
+            f"({RECIPES[RECIPE_VERSION]}); redoing this seed")
+        return None
     if metrics.get("weights") != weights:
         raise ClipFitError(
             f"{folder}: holds a finished run on other base weights ({metrics.get('weights', 'not recorded')}; "

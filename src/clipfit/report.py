@@ -37,6 +37,9 @@ def print_summary(summary: dict) -> None:
         table.add_row(str(metrics["seed"]), *(f"{metrics[c]:.2f}" for c in columns))
     table.add_row("mean ± std", *(f"{summary['mean'][c]:.2f} ± {summary['std'][c]:.2f}" for c in columns), style="bold")
     console.print(table)
+    for column in summary.get("derived_from_means", []):
+        console.print(f"{COLUMN_TITLES.get(column, column)} in the mean row is computed from the mean accuracies "
+                      f"(the papers' average: HM of the mean Base and the mean New); ± is the std of the per-seed values")
 
 
 def print_predictions(predictions: list[dict]) -> None:
