@@ -18,6 +18,7 @@ from torchvision import transforms as T
 
 from clipfit import api, data
 from clipfit.backbone import Preprocess, load_backbone
+from clipfit.cli import main
 from clipfit.config import RunConfig
 from clipfit.engine import OptimConfig, lr_at_epoch, train
 from clipfit.errors import ClipFitError
@@ -133,8 +134,8 @@ def test_clipfit_train_on_a_coop_layout_dataset_trains_on_the_images_coop_draws(
         return real_train(method, dataset, optim, seed=seed, **kwargs)
 
     monkeypatch.setattr(protocols, "train", recording_train)
-    api.run(RunConfig(model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(root), shots=4,
-                      seeds=[1, 2, 3], optim=OptimConfig(epochs=1), out=str(tmp_path / "run")), progress=False, echo=False)
+    main(["train", "--model", TINY_MODEL, "--pretrained", "none", "--dataset", "eurosat", "--data-root", str(root),
+          "--shots", "4", "--seeds", "1", "2", "3", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")])
     assert trained_on == {seed: dassl_draws[f"seed{seed}-shot4"]["train"] for seed in (1, 2, 3)}
 
 
