@@ -23,7 +23,8 @@ from clipfit.config import RunConfig
 from clipfit.engine import OptimConfig, lr_at_epoch, train
 from clipfit.errors import ClipFitError
 from clipfit.methods import build_method, get_method
-from clipfit.protocols import RECIPE_VERSION, harmonic_mean, image_datasets, resolve, summarize
+from clipfit.protocols import harmonic_mean
+from clipfit.runner import RECIPE_VERSION, image_datasets, resolve, summarize
 from clipfit.tables import MiniWorldTableConfig, to_markdown
 
 from conftest import TINY_MODEL, write_image
@@ -123,17 +124,17 @@ def test_fewshot_draw_is_the_one_dassls_own_sampler_made(seed, shots, dassl_draw
 
 
 def test_clipfit_train_on_a_coop_layout_dataset_trains_on_the_images_coop_draws(dassl_draws, tmp_path, monkeypatch):
-    import clipfit.protocols as protocols
+    import clipfit.runner as runner
 
     root = coop_dataset_from_split(tmp_path / "data", DATA / "dassl_split.json")
     trained_on = {}
-    real_train = protocols.train
+    real_train = runner.train
 
     def recording_train(method, dataset, optim, *, seed, **kwargs):
         trained_on[seed] = [s.path.relative_to(root / "eurosat" / "2750").as_posix() for s in dataset.samples]
         return real_train(method, dataset, optim, seed=seed, **kwargs)
 
-    monkeypatch.setattr(protocols, "train", recording_train)
+    monkeypatch.setattr(runner, "train", recording_train)
     main(["train", "--model", TINY_MODEL, "--pretrained", "none", "--dataset", "eurosat", "--data-root", str(root),
           "--shots", "4", "--seeds", "1", "2", "3", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")])
     assert trained_on == {seed: dassl_draws[f"seed{seed}-shot4"]["train"] for seed in (1, 2, 3)}
@@ -338,6 +339,9 @@ def test_an_old_recipe_run_of_another_setting_is_refused_not_overwritten(eurosat
     metrics = json.loads(metrics_file.read_text())
     del metrics["recipe"]
     metrics_file.write_text(json.dumps(metrics))
+    summary_file = tmp_path / "run" / "summary.json"  # and a summary as written before it named its setting
+    summary_file.write_text(json.dumps({k: v for k, v in json.loads(summary_file.read_text()).items() if k != "setting"}))
     with pytest.raises(ClipFitError, match=r"seed1: holds a finished run with a different config \(differs in: shots\)"):
         api.run(dataclasses.replace(config, shots=4), progress=False, echo=False)
     assert json.loads(metrics_file.read_text()) == metrics
+    assert "setting" not in json.loads(summary_file.read_text())

@@ -204,7 +204,7 @@ def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatc
 
 def test_glyph_tasks_train_without_flips_unless_asked():
     from clipfit.config import RunConfig
-    from clipfit.protocols import resolve
+    from clipfit.runner import resolve
 
     def hflip(dataset, **kw):
         return resolve(RunConfig(dataset=dataset, model=MODEL_NAME, pretrained="builtin", **kw)).hflip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from .errors import ClipFitError
 from .files import atomic_write
 
 FORMAT = "clipfit-adapter/1"
+# Metadata field with `tensors_sha256` of the tensors; files written before it existed have none.
+CHECKSUM_FIELD = "tensors_sha256"
 
 
 @dataclass
@@ -42,8 +45,10 @@ class AdapterInfo:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> AdapterInfo:
-        if meta.get("format") != FORMAT:
-            raise ClipFitError(f"{path}: not a clipfit adapter file (format {meta.get('format')!r}, expected {FORMAT!r})")
+        if "format" not in meta:
+            raise ClipFitError(f"{path}: not a clipfit adapter file (its metadata has no 'format', expected {FORMAT!r})")
+        if meta["format"] != FORMAT:
+            raise ClipFitError(f"{path}: not a clipfit adapter file (format {meta['format']!r}, expected {FORMAT!r})")
         try:
             return cls(
                 model=meta["model"],
@@ -58,12 +63,31 @@ class AdapterInfo:
             raise ClipFitError(f"{path}: adapter metadata is malformed ({err})") from err
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of named tensors, in name order: for each, the line `["<name>", "<dtype>", [<shape>]]\n`
+    (JSON, dtype as torch names it: "torch.float32") followed by its elements' bytes in row-major order and
+    the machine's byte order (little-endian, as safetensors stores them). The names, dtypes and shapes are
+    hashed too, so a renamed or reshaped tensor does not keep its checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode() + b"\n")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_adapter(path: Path, tensors: dict[str, torch.Tensor], info: AdapterInfo) -> None:
+    """Write `tensors` (any device and float dtype; stored as float32 on the CPU) as safetensors at `path`,
+    with `info` and the tensors' `tensors_sha256` in the metadata. The write is atomic."""
     cpu = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=info.to_metadata()))
+    metadata = {**info.to_metadata(), CHECKSUM_FIELD: tensors_sha256(cpu)}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
+    """The tensors and the metadata of the adapter file at `path`. Raises ClipFitError naming the file when
+    it is missing, unreadable, not a clipfit adapter, or when its tensors do not match the checksum recorded
+    when it was saved (files written before checksums were recorded load unchecked)."""
     path = Path(path)
     if not path.is_file():
         raise ClipFitError(f"adapter file not found: {path}")
@@ -75,4 +99,7 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise ClipFitError(f"{path}: unreadable adapter file ({err})") from err
-    return tensors, AdapterInfo.from_metadata(meta, path)
+    info = AdapterInfo.from_metadata(meta, path)
+    if CHECKSUM_FIELD in meta and tensors_sha256(tensors) != meta[CHECKSUM_FIELD]:
+        raise ClipFitError(f"{path}: tensor data does not match the checksum recorded when it was saved (the file is corrupted or was modified)")
+    return tensors, info

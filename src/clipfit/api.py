@@ -20,7 +20,8 @@ from .config import RunConfig
 from .engine import OptimConfig
 from .errors import ClipFitError
 from .methods import build_method, get_method
-from .protocols import evaluate_sets, get_protocol, image_datasets, load_run, run
+from .protocols import get_protocol
+from .runner import evaluate_sets, image_datasets, load_run, run
 
 __all__ = ["RunConfig", "OptimConfig", "run", "load_run", "count_parameters", "evaluate_run", "predict", "check_dataset",
            "list_datasets", "replace_config"]
@@ -82,8 +83,8 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, de
     return results
 
 
-def check_dataset(name: str, root: str | Path):
-    return data.check_dataset(name, root)
+def check_dataset(name: str, root: str | Path, decode: bool | None = None):
+    return data.check_dataset(name, root, decode=decode)
 
 
 def list_datasets() -> dict[str, str]:

@@ -3,12 +3,18 @@ name the parts that parameter-efficient methods select by structure."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import difflib
 import functools
 import hashlib
 import logging
 import os
+import pickle
+import re
 import socket
+import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,6 +22,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from .errors import BackboneError
@@ -112,6 +119,14 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
+def _unknown_model(model_name: str) -> BackboneError:
+    close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5)
+    hint = f" (close matches: {', '.join(close)})" if close else ""
+    return BackboneError(
+        f"unknown model {model_name!r}{hint}; list them with: python -c \"import open_clip; print(open_clip.list_models())\""
+    )
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.startswith((".", "~")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
@@ -132,9 +147,10 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
     """
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
-        known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name))
+        tags = f"known tags: {known}" if known else f"open_clip has no pretrained tags for {model_name}"
         raise BackboneError(
-            f"unknown pretrained tag {tag!r} for model {model_name!r} (known tags: {known}; "
+            f"unknown pretrained tag {tag!r} for model {model_name!r} ({tags}; "
             f"or pass a checkpoint file path, '{BUILTIN}' or '{RANDOM_INIT}')"
         )
     how_to = (
@@ -166,18 +182,244 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
     return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
 
 
+# The storage classes a pickled tensor names, and the dtype of their elements (torch.save and TorchScript
+# archives both name legacy typed storages: `torch.FloatStorage`, ...).
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+# TorchScript wraps typed lists and dicts in these; each returns its first argument (torch/jit/_pickle.py).
+_TORCHSCRIPT_TYPE_TAGS = {"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "restore_type_tag"}
+# State-dict entries of OpenAI's archives that are not weights (OpenAI's clip.model.build_model drops them too).
+_OPENAI_EXTRA_ENTRIES = ("input_resolution", "context_length", "vocab_size")
+
+
+def _first_argument(value, *_):
+    return value
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_) -> torch.Tensor:
+    # as_strided checks that the view fits in the storage, so a forged size or offset cannot read past it.
+    return torch.as_strided(storage, size, stride, offset)
+
+
+class _ArchivedObject:
+    """A TorchScript object of an archive's data.pkl, reduced to its attributes: no TorchScript code is
+    attached, none runs. `type_name` is its TorchScript class (`__torch__.clip.model.CLIP`)."""
+
+    type_name = ""
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"{self.type_name} is pickled with a custom state, not as a module's attributes")
+        self.attributes = state
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's data.pkl with a fixed allowlist of globals (the pickle documentation's
+    "Restricting Globals"): any other global is refused before it can be called or built."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file)
+        self.archive, self.prefix = archive, prefix
+        self.types: dict[str, type] = {}
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "__torch__":
+            type_name = f"{module}.{name}"
+            if type_name not in self.types:
+                self.types[type_name] = type("ArchivedObject", (_ArchivedObject,), {"type_name": type_name})
+            return self.types[type_name]
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "torch.jit._pickle" and name in _TORCHSCRIPT_TYPE_TAGS:
+            return _first_argument
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (only tensors and module attributes are read)")
+
+    def persistent_load(self, pid):
+        # ('storage', dtype, record key, device it was saved from, number of elements). The device is
+        # ignored: OpenAI's archives say cuda, and everything loads on the CPU.
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
+                and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            record = f"{self.prefix}/data/{key}"
+            size = self.archive.getinfo(record).file_size
+            if size != numel * dtype.itemsize:
+                raise pickle.UnpicklingError(f"record {record} holds {size} bytes, not {numel} {dtype} elements")
+            data = bytearray(self.archive.read(record))
+            self.storages[key] = torch.frombuffer(data, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _torchscript_prefix(path: Path) -> str | None:
+    """The folder that holds a TorchScript archive's records (`ViT-B-32` in OpenAI's ViT-B-32.pt), or None
+    when `path` is not one. Like torch.load, a zip with a constants.pkl record is taken to be TorchScript."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    prefixes = [name.split("/")[0] for name in names if re.fullmatch(r"[^/]+/constants\.pkl", name)]
+    return next((p for p in prefixes if f"{p}/data.pkl" in names), None)
+
+
+def _declared_tensors(archive: zipfile.ZipFile, prefix: str, type_name: str) -> set[str]:
+    """The parameters and buffers a TorchScript class declares (`__parameters__ = ["weight", "bias", ]` in
+    code/<its module path>.py). The source is parsed with `ast` as text, never compiled or run."""
+    module, _, class_name = type_name.rpartition(".")
+    tree = ast.parse(archive.read(f"{prefix}/code/{module.replace('.', '/')}.py"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            declared: set[str] = set()
+            for statement in node.body:
+                if isinstance(statement, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id in ("__parameters__", "__buffers__") for t in statement.targets
+                ):
+                    declared.update(ast.literal_eval(statement.value))
+            return declared
+    raise ValueError(f"the archive's code does not define {type_name}")
+
+
+def _read_torchscript_state_dict(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict of the module in a TorchScript archive, read without running any of the archive.
+
+    Returns {dotted name: tensor} on the CPU, in the dtypes of the archive (float16 in OpenAI's), holding
+    what `torch.jit.load(path).state_dict()` holds: every parameter and buffer of every submodule.
+    Raises ValueError naming what is wrong (a refused global, a missing record, a tensor out of bounds).
+
+    Why not torch's own loaders: `torch.load(weights_only=True)` refuses TorchScript archives, and
+    `torch.jit.load` (what `torch.load` dispatches to otherwise) compiles the archive's code/ and runs any
+    `__setstate__` it defines while loading, in a C++ deserializer; PyTorch's security policy
+    (SECURITY.md) asks to treat a TorchScript model like a program from its source. Here the archive
+    (a zip: `<prefix>/data.pkl` pickles the module tree, `<prefix>/data/<n>` holds each storage's raw
+    little-endian bytes, `<prefix>/code/` the TorchScript source; see torch/csrc/jit/docs/serialization.md)
+    is read with Python's zipfile; data.pkl goes through `_TorchScriptUnpickler`, whose globals are a
+    fixed allowlist of our own inert functions (a tensor view of a storage, a dtype, an OrderedDict, an
+    attribute holder for each `__torch__` class), so nothing the file names is ever imported or called;
+    tensors are views of bytearrays of the data records, bounds-checked by `torch.as_strided`; and the
+    code/ files are parsed as text only to learn which attributes are parameters and buffers.
+    """
+    with zipfile.ZipFile(path) as archive:
+        # Archives written before torch 1.10 have no byteorder record; they are little-endian.
+        byteorder = f"{prefix}/byteorder"
+        if byteorder in archive.namelist() and archive.read(byteorder) != b"little":
+            raise ValueError("its tensors are stored big-endian, which is not supported")
+        try:
+            with archive.open(f"{prefix}/data.pkl") as pickled:
+                root = _TorchScriptUnpickler(pickled, archive, prefix).load()
+            if not isinstance(root, _ArchivedObject):
+                raise ValueError(f"data.pkl holds a {type(root).__name__}, not a TorchScript module")
+            state: dict[str, torch.Tensor] = {}
+            declared: dict[str, set[str]] = {}
+            pending, seen = [("", root)], set()
+            while pending:
+                name_prefix, obj = pending.pop()
+                if id(obj) in seen:
+                    continue
+                seen.add(id(obj))
+                if obj.type_name not in declared:
+                    declared[obj.type_name] = _declared_tensors(archive, prefix, obj.type_name)
+                for name, value in obj.attributes.items():
+                    if isinstance(value, _ArchivedObject):
+                        pending.append((f"{name_prefix}{name}.", value))
+                    elif name in declared[obj.type_name] and value is not None:
+                        if not isinstance(value, torch.Tensor):
+                            raise ValueError(f"{name_prefix}{name} is declared a tensor but holds a {type(value).__name__}")
+                        state[f"{name_prefix}{name}"] = value
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, SyntaxError, zipfile.BadZipFile) as err:
+            raise ValueError(f"unreadable TorchScript archive ({_one_line(err)})") from err
+    return state
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text or type(err).__name__
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into `model` when its names and shapes are the model's own, casting to the model's dtypes."""
+    expected = model.state_dict()
+    unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    if unexpected or missing:
+        raise ValueError(f"tensor names do not match (unexpected: {unexpected[:3]}, missing: {missing[:3]})")
+    wrong = [f"{k} {tuple(v.shape)}, expected {tuple(expected[k].shape)}" for k, v in sorted(state.items()) if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"tensor shapes do not match: {'; '.join(wrong[:3])}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _check_state_dict_pickle(path: Path) -> None:
+    """Raise ValueError unless `path` is a torch.save file (zip or legacy pickle) whose pickle
+    `torch.load(weights_only=True)` accepts and that holds a state dict: a non-empty dict of tensors, or
+    one under 'state_dict' (open_clip's training checkpoints)."""
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not is_zip and first != pickle.PROTO:
+        raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    try:
+        # mmap keeps this read to the pickle: open_clip reads the tensors when it loads the file.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as err:  # torch.load fails in many ways (pickle, zip, EOF, key errors) on bytes that are not a checkpoint
+        refused = re.search(r"WeightsUnpickler error: (.*)", str(err))
+        if refused:
+            reason = refused.group(1).split(" Please use")[0]
+            raise ValueError(f"its pickle holds more than tensors, which torch.load(weights_only=True) refuses: {reason}") from err
+        raise ValueError(f"not a readable PyTorch checkpoint ({_one_line(err)})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a state dict (a dict of tensors)")
+    if not state:
+        raise ValueError("it holds an empty state dict")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"its entry {str(not_tensors[0])[:80]!r} is a {type(state[not_tensors[0]]).__name__}, not a tensor")
+
+
 def _load_state_file(model: nn.Module, path: Path) -> None:
+    """Load the weights in `path` into `model`: a safetensors file, a TorchScript archive (OpenAI's .pt
+    files), or a torch.save checkpoint (.pt, .bin, .pth; open_clip converts and loads it). Raises
+    ValueError with a one-line reason for a file that is not one of these or does not fit the model."""
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-        expected = model.state_dict()
-        unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
-        if unexpected or missing:
-            raise ValueError(f"tensor names do not match (unexpected: {unexpected[:3]}, missing: {missing[:3]})")
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"not a safetensors file ({_one_line(err)})") from err
+        _load_exact(model, state)
+    elif prefix := _torchscript_prefix(path):
+        state = _read_torchscript_state_dict(path, prefix)
+        # TorchScript does not record which buffers are persistent, so an archive of an open_clip model also
+        # holds buffers open_clip rebuilds from the config (the text attention mask) and leaves out of its state dict.
+        rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+        _load_exact(model, {k: v for k, v in state.items() if k not in _OPENAI_EXTRA_ENTRIES and k not in rebuilt})
     else:
-        open_clip.load_checkpoint(model, str(path))
+        # open_clip reads big_vision .npz/.npy weights with np.load, which refuses pickles.
+        if path.suffix not in (".npz", ".npy"):
+            _check_state_dict_pickle(path)
+        try:
+            open_clip.load_checkpoint(model, str(path))
+        except Exception as err:  # open_clip's converters assert, index and look up attributes; all mean "another architecture"
+            raise ValueError(f"its state dict does not fit this architecture ({_one_line(err)})") from err
 
 
 @contextlib.contextmanager
@@ -197,7 +439,7 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
     cached), a local checkpoint file, 'builtin' (weights shipped with this package) or 'none' (random init)."""
     pretrained = pretrained or RANDOM_INIT
     if model_name not in open_clip.list_models():
-        raise BackboneError(f"unknown model {model_name!r}; see `clipfit models` or open_clip.list_models()")
+        raise _unknown_model(model_name)
     force_quick_gelu = False
     weights: Path | None = None
     if pretrained == BUILTIN:
@@ -221,9 +463,8 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
     if weights is not None:
         try:
             _load_state_file(model, weights)
-        except (RuntimeError, KeyError, ValueError, OSError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BackboneError(f"cannot load checkpoint {weights} into {model_name}: {first_line}") from err
+        except (ValueError, OSError) as err:
+            raise BackboneError(f"cannot load checkpoint {weights} into {model_name}: {_one_line(err)}") from err
     model = model.to(device).eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"]
@@ -265,6 +506,6 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
 def build_skeleton(model_name: str) -> nn.Module:
     """The architecture without allocating weights (meta device): enough to count parameters."""
     if model_name not in open_clip.list_models():
-        raise BackboneError(f"unknown model {model_name!r}; see open_clip.list_models()")
+        raise _unknown_model(model_name)
     with _quiet_random_init_warning():
         return open_clip.create_model(model_name, pretrained=None, device="meta")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import api
-from .config import IMAGE_CACHES, RunConfig
+from .config import IMAGE_CACHES, RunConfig, default_data_root
 from .demo import DemoConfig, print_demo, run_demo
 from .errors import ClipFitError
 from .report import print_params, print_predictions, print_summary
@@ -40,7 +40,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
     _add_backbone_args(p)
     p.add_argument("--dataset", help="a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
-    p.add_argument("--data-root", help="the folder that holds the datasets (the folder itself for imagefolder, the file for csv)")
+    p.add_argument("--data-root", help="the folder that holds the datasets (the folder itself for imagefolder, the file for csv; "
+                                       "default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
+    p.add_argument("--cache-dir", help="where few-shot draws are cached (default: beside the dataset, or "
+                                       "~/.cache/clipfit/fewshot when the dataset folder is read-only)")
     p.add_argument("--protocol", help="few-shot (default) or base2new")
     p.add_argument("--shots", type=int, help="images per class for training (0: all)")
     p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 1 2 3)")
@@ -57,6 +60,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default {RunConfig.image_cache_mb})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, help="data-loading processes")
+    p.add_argument("--decode", dest="check_images", action=argparse.BooleanOptionalAction,
+                   help="decode every image the run reads before training (default: when it reads at most 2,000)")
     p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default runs/<dataset>-<protocol>-<shots>shot-<method>)")
     p.add_argument("--overwrite", action="store_true", help="redo seeds that already finished (default: reuse them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -69,6 +74,7 @@ def _config_from_args(args) -> RunConfig:
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
         "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
         "hflip": args.hflip, "image_cache": args.image_cache, "image_cache_mb": args.image_cache_mb,
+        "cache_dir": args.cache_dir, "check_images": args.check_images,
     }
     optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)
@@ -98,11 +104,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    if args.top_k < 1:
+        raise ClipFitError(f"--top-k must be a whole number >= 1, got {args.top_k}")
     print_predictions(api.predict(args.run, args.images, top_k=args.top_k, device=args.device))
 
 
 def cmd_data_check(args) -> None:
-    report = api.check_dataset(args.dataset, args.data_root)
+    report = api.check_dataset(args.dataset, args.data_root or str(default_data_root()), decode=args.decode)
     print(report)
     if not report.ok:
         sys.exit(1)
@@ -114,12 +122,13 @@ def cmd_data_list(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    demo = DemoConfig(task=args.task, data_root=args.data_root, out=args.out, epochs=args.epochs)
+    demo = DemoConfig(task=args.task, data_root=args.data_root or str(default_data_root()), out=args.out, epochs=args.epochs)
     print_demo(demo, run_demo(demo, progress=not args.no_progress))
 
 
 def cmd_table_mini_world(args) -> None:
-    table = MiniWorldTableConfig(seeds=args.seeds, epochs=args.epochs, data_root=args.data_root, out=args.out)
+    table = MiniWorldTableConfig(seeds=args.seeds, epochs=args.epochs, data_root=args.data_root or str(default_data_root()),
+                                 out=args.out)
     markdown = to_markdown(table, mini_world_table(table, progress=not args.no_progress))
     print(markdown)
     if args.readme:
@@ -133,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in mini CLIP (offline, minutes)")
     p.add_argument("--task", default=DemoConfig.task, help="a mini-world task: mini_shapes, mini_digits, mini_letters, mini_colors, mini_textures")
-    p.add_argument("--data-root", default=DemoConfig.data_root, help="where the generated task is cached (env CLIPFIT_DATA)")
+    p.add_argument("--data-root", help="where the generated task is cached (default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
     p.add_argument("--out", default=DemoConfig.out)
     p.add_argument("--epochs", type=int, default=DemoConfig.epochs)
     p.add_argument("--no-progress", action="store_true")
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = table_sub.add_parser("mini-world", help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
     t.add_argument("--seeds", type=int, nargs="+", default=MiniWorldTableConfig().seeds)
     t.add_argument("--epochs", type=int, default=MiniWorldTableConfig.epochs)
-    t.add_argument("--data-root", default=MiniWorldTableConfig.data_root)
+    t.add_argument("--data-root", help="where the tasks are generated (default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
     t.add_argument("--out", default=MiniWorldTableConfig.out, help="run folders; finished runs are reused")
     t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
     t.add_argument("--no-progress", action="store_true")
@@ -179,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     c = data_sub.add_parser("check", help="report what is present and, for what is missing, the exact path expected")
     c.add_argument("--dataset", required=True)
-    c.add_argument("--data-root", required=True)
+    c.add_argument("--data-root", help="default $CLIPFIT_DATA, else ~/.cache/clipfit/data")
+    c.add_argument("--decode", action=argparse.BooleanOptionalAction,
+                   help="decode every image and report each unreadable one (default: when the dataset has at most 2,000)")
     c.set_defaults(func=cmd_data_check)
     c = data_sub.add_parser("list", help="the registered datasets")
     c.set_defaults(func=cmd_data_list)
@@ -192,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ClipFitError as err:
         print(f"clipfit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a full or read-only disk, a folder where a file should be: say which file
+        where = f" ({err.filename})" if err.filename and str(err.filename) not in str(err) else ""
+        print(f"clipfit: error: {err}{where}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("clipfit: interrupted; finished seeds are kept and a rerun resumes from them", file=sys.stderr)

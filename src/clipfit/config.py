@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engine import OptimConfig
+import torch
+
+from .data.samples import check_template
+from .engine import PRECISIONS, OptimConfig
 from .errors import ClipFitError
 
 
@@ -17,6 +24,11 @@ from .errors import ClipFitError
 # that instead of the full-resolution file (faster, less memory, not the reference's augmentation).
 # "none": decode every image on every read.
 IMAGE_CACHES = ("decoded", "resized-approximate", "none")
+def default_data_root() -> Path:
+    """$CLIPFIT_DATA, else ~/.cache/clipfit/data: where datasets are looked for and mini tasks generated."""
+    return Path(os.environ.get("CLIPFIT_DATA") or Path.home() / ".cache" / "clipfit" / "data").expanduser()
+
+
 # Fields of configs written by earlier versions, and how they read today.
 LEGACY_FIELDS = {"cache_images": lambda on: {"image_cache": "resized-approximate" if on else "none"}}
 
@@ -28,7 +40,12 @@ class RunConfig:
     model: str = "ViT-B-16"
     pretrained: str = "openai"
     dataset: str = "imagefolder"
-    data_root: str = "."
+    # The folder holding the datasets (for imagefolder the folder itself, for csv the file); None:
+    # $CLIPFIT_DATA, else ~/.cache/clipfit/data (where the mini world's tasks are generated).
+    data_root: str | None = None
+    # Where few-shot draws are cached; None: beside the dataset, or under ~/.cache/clipfit/fewshot when the
+    # dataset folder is read-only. Not part of the run's identity (the draw is the same wherever cached).
+    cache_dir: str | None = None
     protocol: str = "few-shot"
     shots: int = 16
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -48,7 +65,9 @@ class RunConfig:
     precision: str = "fp32"
     num_workers: int = 0
     device: str = "auto"
-    # None: runs/<dataset>-<protocol>-<shots>shot-<method>
+    # Decode every image the run will read before training; None: when it reads at most 2,000.
+    check_images: bool | None = None
+    # None: runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex digits of the setting>
     out: str | None = None
 
     def to_dict(self) -> dict:
@@ -75,8 +94,54 @@ class RunConfig:
         return cls.from_dict(data, str(path))
 
 
+def _type_error(source: str, name: str, value, expected: str) -> ClipFitError:
+    return ClipFitError(f"{source}: field {name!r} must be {expected}, got {json.dumps(value, default=repr)}")
+
+
+def _typed(value, annotation, source: str, name: str):
+    """``value`` read as ``annotation`` (int, float, str, bool, X | None, list[int], dict, tuple[float, float]);
+    JSON's lists become tuples where a tuple is declared. Anything else raises `ClipFitError`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, source, name)
+    if annotation is bool:
+        if not isinstance(value, bool):  # "no", 0 or 1 would silently mean something else
+            raise _type_error(source, name, value, "true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(source, name, value, "an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(source, name, value, "a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise _type_error(source, name, value, "a string")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(source, name, value, "an object")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(source, name, value, f"a list of {args[0].__name__}")
+        return [_typed(v, args[0], source, name) for v in value]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _type_error(source, name, value, f"a list of {len(args)} numbers")
+        return tuple(_typed(v, a, source, name) for v, a in zip(value, args))
+    raise TypeError(f"config field {name!r}: unsupported annotation {annotation!r}")  # a bug of ours, not the user's
+
+
 def _from_dict(cls, data: dict, source: str):
+    """``cls`` (RunConfig or OptimConfig) from a JSON object, every field type-checked."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     if cls is RunConfig:
         for name, translate in LEGACY_FIELDS.items():
             if name in data:
@@ -86,13 +151,77 @@ def _from_dict(cls, data: dict, source: str):
         raise ClipFitError(f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(fields)})")
     values = {}
     for name, value in data.items():
-        nested = fields[name].type
-        if name == "optim":
+        if hints[name] is OptimConfig:
             if not isinstance(value, dict):
-                raise ClipFitError(f"{source}: field 'optim' must be an object")
-            value = _from_dict(OptimConfig, value, f"{source}: optim")
-        elif name == "crop_scale":
-            value = tuple(value)
-        del nested
-        values[name] = value
+                raise _type_error(source, name, value, "an object")
+            values[name] = _from_dict(OptimConfig, value, f"{source}: optim")
+        else:
+            values[name] = _typed(value, hints[name], source, name)
     return cls(**values)
+
+
+# The largest seed every generator we seed accepts (NumPy's legacy seeding takes 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(config: RunConfig) -> None:
+    """Every value of ``config`` checked before anything runs; `ClipFitError` naming the field otherwise."""
+
+    def bad(name: str, value, want: str) -> ClipFitError:
+        return ClipFitError(f"{name} must be {want}, got {value!r}")
+
+    optim = config.optim
+    if optim.epochs is not None and (isinstance(optim.epochs, bool) or not isinstance(optim.epochs, int) or optim.epochs < 1):
+        raise bad("epochs", optim.epochs, "a whole number >= 1")
+    for name in ("batch_size",):
+        value = getattr(optim, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(name.replace("_", "-"), value, "a whole number >= 1")
+    if isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int) or optim.warmup_epochs < 0:
+        raise bad("warmup_epochs", optim.warmup_epochs, "a whole number >= 0")
+    if not _finite(optim.lr) or optim.lr <= 0:
+        raise bad("lr", optim.lr, "a finite number > 0")
+    if not _finite(optim.warmup_lr) or optim.warmup_lr < 0:
+        raise bad("warmup_lr", optim.warmup_lr, "a finite number >= 0")
+    if not _finite(optim.momentum) or not 0 <= optim.momentum < 1:
+        raise bad("momentum", optim.momentum, "a number in [0, 1)")
+    if not _finite(optim.weight_decay) or optim.weight_decay < 0:
+        raise bad("weight_decay", optim.weight_decay, "a finite number >= 0")
+    if isinstance(config.shots, bool) or not isinstance(config.shots, int) or config.shots < 0:
+        raise bad("shots", config.shots, "a whole number >= 0 (0: every training image)")
+    if not config.seeds:
+        raise bad("seeds", config.seeds, "at least one seed")
+    for seed in config.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise bad("seed", seed, f"a whole number from 0 to {MAX_SEED}")
+    repeated = sorted({s for s in config.seeds if config.seeds.count(s) > 1})
+    if repeated:
+        raise ClipFitError(f"seeds must differ: {', '.join(map(str, repeated))} is given more than once")
+    for name in ("eval_batch_size",):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(name, value, "a whole number >= 1")
+    for name in ("num_workers", "image_cache_mb"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(name, value, "a whole number >= 0")
+    low, high = config.crop_scale
+    if not (_finite(low) and _finite(high) and 0 < low <= high <= 1):
+        raise bad("crop_scale", list(config.crop_scale), "two numbers 0 < low <= high <= 1")
+    if config.image_cache not in IMAGE_CACHES:
+        raise bad("image_cache", config.image_cache, f"one of {', '.join(IMAGE_CACHES)}")
+    if config.precision not in PRECISIONS:
+        raise bad("precision", config.precision, f"one of {', '.join(PRECISIONS)}")
+    if config.device != "auto":
+        try:
+            torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise bad("device", config.device, "auto, cpu, cuda, cuda:N or another torch device") from None
+    if config.template is not None:
+        check_template(config.template)
+    if config.out is not None and Path(config.out).expanduser().exists() and not Path(config.out).expanduser().is_dir():
+        raise ClipFitError(f"--out {config.out} is a file, not a folder")

@@ -5,19 +5,15 @@ Runs offline on a laptop CPU in a few minutes: the task is generated on first us
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.table import Table
 
-from .config import RunConfig
+from .config import RunConfig, default_data_root
 from .engine import OptimConfig
-from .protocols import run
-
-DEFAULT_DATA_ROOT = Path(os.environ.get("CLIPFIT_DATA", Path.home() / ".cache" / "clipfit" / "data"))
+from .runner import run
 
 
 @dataclass
@@ -25,7 +21,7 @@ class DemoConfig:
     # Digits: zero-shot clearly above chance (29% over 10 classes) but far from perfect, as on a real
     # downstream task; the README's table has every task, the ones where CLIPFit loses included.
     task: str = "mini_digits"
-    data_root: str = str(DEFAULT_DATA_ROOT)
+    data_root: str = field(default_factory=lambda: str(default_data_root()))
     out: str = "runs/demo"
     shots: int = 16
     seed: int = 1

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .errors import ClipFitError
 from .methods import Method
 
 
@@ -67,6 +68,24 @@ def _loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, se
     )
 
 
+class TrainingDiverged(ClipFitError):
+    """A loss or trainable parameter became NaN or infinite."""
+
+
+def batches(loader: DataLoader):
+    """The loader's batches; an error of ours raised in a data-loading worker process comes back as the
+    one line it was, not wrapped in the worker's traceback (as `DataLoader` re-raises it)."""
+    try:
+        yield from loader
+    except ClipFitError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        if loader.num_workers == 0 or len(lines) < 2:
+            raise
+        # The last line of a worker's traceback is "<module>.<Class>: <message>".
+        message = lines[-1].split(": ", 1)[-1]
+        raise type(err)(message) from None
+
+
 def train(
     method: Method,
     dataset: Dataset,
@@ -78,7 +97,11 @@ def train(
     log: Callable[[str], None] = lambda line: None,
     precision: str = "fp32",
 ) -> list[dict[str, float]]:
-    """Train the method's trainable parameters; returns one record per epoch (lr, mean losses)."""
+    """Train the method's trainable parameters; returns one record per epoch (lr, mean losses).
+
+    Stops with `TrainingDiverged` (naming the epoch and step) at the first non-finite loss or trainable
+    parameter, so that a diverged run never writes a result.
+    """
     history: list[dict[str, float]] = []
     if not method.trains:
         return history
@@ -100,13 +123,19 @@ def train(
             group["lr"] = lr
         sums: dict[str, float] = {}
         seen = 0
-        for images, labels in loader:
+        for step, (images, labels) in enumerate(batches(loader), start=1):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, precision):
                 loss, parts = method.training_loss(images, labels)
+            where = f"epoch {epoch + 1}, step {step} (lr {lr:.3g})"
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at {where}; no result is written")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            bad = next((name for name, p in method.trainable_parameters().items() if not torch.isfinite(p).all()), None)
+            if bad is not None:
+                raise TrainingDiverged(f"training diverged: parameter {bad} is not finite after {where}; no result is written")
             n = labels.shape[0]
             seen += n
             for key, value in {"loss": loss.item(), **parts}.items():
@@ -130,7 +159,8 @@ def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, n
     all_logits, all_labels = [], []
     with autocast(device, precision):
         class_features = method.class_features()
-        for images, labels in tqdm(_loader(dataset, batch_size, train=False, num_workers=num_workers), desc=desc, disable=not progress, unit="batch"):
+        for images, labels in tqdm(batches(_loader(dataset, batch_size, train=False, num_workers=num_workers)), desc=desc,
+                                   disable=not progress, unit="batch"):
             all_logits.append(method.logits(images.to(device), class_features).float().cpu())
             all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)

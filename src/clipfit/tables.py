@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_write_text
-from .config import RunConfig
-from .demo import DEFAULT_DATA_ROOT
+from .config import RunConfig, default_data_root
 from .engine import OptimConfig
-from .protocols import harmonic_mean, run
+from .protocols import harmonic_mean
+from .runner import run
 from .world.tasks import WORLD_TASKS
 
 README_START = "<!-- mini-world-table:start -->"
@@ -30,7 +30,7 @@ class MiniWorldTableConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     shots: int = 16
     epochs: int = 100
-    data_root: str = str(DEFAULT_DATA_ROOT)
+    data_root: str = field(default_factory=lambda: str(default_data_root()))
     out: str = "runs/mini-world-table"
 
 

@@ -9,7 +9,7 @@
 from . import catalog as _catalog  # noqa: F401  (registers the built-in datasets)
 from .check import DataCheckReport, check_dataset
 from .fewshot import classes_short_of, fewshot, fewshot_cache_file, subsample_classes
-from .images import ImageDataset, open_image
+from .images import ImageDataset, open_image, unreadable_images
 from .readers import IMAGE_EXTENSIONS, list_images
 from .registry import (
     DATASETS,
@@ -49,4 +49,5 @@ __all__ = [
     "subsample_classes",
     "test_transform",
     "train_transform",
+    "unreadable_images",
 ]

@@ -1,4 +1,4 @@
-"""``check_dataset``: what a dataset needs on disk, what is there, and what is missing."""
+"""``check_dataset``: what a dataset needs on disk, what is there, what is missing or unreadable."""
 
 from __future__ import annotations
 
@@ -8,26 +8,43 @@ from pathlib import Path
 
 from clipfit.errors import DataError
 
-from .readers import misplaced_hint
+from .images import unreadable_images
+from .readers import SPLITS, misplaced_hint
 from .registry import _absolute, get_spec
+from .samples import Sample
 
 MISSING_SHOWN = 5
+# decode=None decodes a dataset that lists at most this many images: a few seconds of decoding.
+DECODE_LIMIT = 2000
+UNREADABLE_SHOWN = 20
 
 
 @dataclass
 class DataCheckReport:
+    """What ``check_dataset`` found; ``str()`` prints it. ``unreadable``: every (path, reason) that did
+    not decode, all of them (the printed lines show the first ``UNREADABLE_SHOWN``)."""
+
     name: str
     root: Path
     ok: bool = True
     lines: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         head = f"dataset {self.name!r} under {self.root}: {'OK' if self.ok else 'PROBLEMS FOUND'}"
         return "\n".join([head, *(f"  {line}" for line in self.lines)])
 
 
-def check_dataset(name: str, root: str | Path) -> DataCheckReport:
-    """Report every expected file and folder as present or MISSING, then counts when readable."""
+def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) -> DataCheckReport:
+    """Report every expected file and folder as present or MISSING, then counts, empty splits, missing
+    image files and, with ``decode``, every image that cannot be decoded.
+
+    ``decode``: True opens and fully decodes every listed image of every split (``unreadable_images``),
+    False decodes none, None decodes when the dataset lists at most ``DECODE_LIMIT`` images. The report
+    is not ok when anything is missing, a split the dataset needs (train, val and test; test alone for a
+    test-only dataset) is empty, or an image does not decode. Never raises for bad data: a malformed
+    split file is an ERROR line.
+    """
     spec = get_spec(name)
     root = _absolute(root)
     report = DataCheckReport(name, root)
@@ -59,11 +76,39 @@ def check_dataset(name: str, root: str | Path) -> DataCheckReport:
         f"classes: {splits.num_classes}; images: "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
-    missing = [s.path for split in (splits.train, splits.val, splits.test) for s in split if not os.path.isfile(s.path)]
+    for split in ("test",) if spec.test_only else SPLITS:
+        if not getattr(splits, split):
+            report.ok = False
+            report.lines.append(f"EMPTY    split {split!r} lists no images")
+    samples = splits.train + splits.val + splits.test
+    listed = list(dict.fromkeys(s.path for s in samples))
+    missing = [p for p in listed if not os.path.isfile(p)]
     if missing:
         report.ok = False
         report.lines.append(f"MISSING  {len(missing)} image file(s) the split lists, e.g.:")
         report.lines += [f"         {p}" for p in missing[:MISSING_SHOWN]]
     else:
         report.lines.append("every listed image file exists")
+    if decode is None:
+        decode = len(listed) <= DECODE_LIMIT
+        if not decode:
+            report.lines.append(f"images not decoded ({len(listed)} > {DECODE_LIMIT}); pass --decode")
+    elif not decode:
+        report.lines.append("images not decoded (--no-decode)")
+    if decode:
+        absent = set(missing)  # already reported above
+        _report_decoding(report, [s for s in samples if s.path not in absent], len(listed) - len(absent))
     return report
+
+
+def _report_decoding(report: DataCheckReport, samples: list[Sample], n_images: int) -> None:
+    """Decode the ``n_images`` distinct images of ``samples`` and add what failed to ``report``."""
+    report.unreadable = unreadable_images(samples)
+    if not report.unreadable:
+        report.lines.append(f"all {n_images} image(s) decode")
+        return
+    report.ok = False
+    report.lines.append(f"UNREADABLE  {len(report.unreadable)} of {n_images} image(s):")
+    report.lines += [f"         {p}  -- {reason}" for p, reason in report.unreadable[:UNREADABLE_SHOWN]]
+    if len(report.unreadable) > UNREADABLE_SHOWN:
+        report.lines.append(f"         and {len(report.unreadable) - UNREADABLE_SHOWN} more")

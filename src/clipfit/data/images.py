@@ -2,26 +2,113 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from clipfit.errors import DataError
 
 from .samples import Sample
 
+# Threads that decode images for ``unreadable_images``: PIL releases the GIL while it decodes.
+DECODE_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def _to_8bit(img: Image.Image) -> np.ndarray:
+    """A single-channel high-bit-depth image (PIL mode "I;16*", "I" or "F") as (H, W) uint8.
+
+    Integers keep their high byte, value >> (bits - 8), as PIL itself reads 16-bit colour PNGs (so a
+    16-bit grey and a 16-bit colour PNG of the same values agree; 25700 -> 100, 65535 -> 255). ``bits``
+    is 16 for "I;16*"; for "I" it is the TIFF's declared BitsPerSample, else 16 when every value fits
+    (PIL rescales 16-bit and other >8-bit PGM/PPM files to 0..65535 in mode "I"), else 32; negative
+    values become 0. Floats ("F") are read as [0, 1] when no value exceeds 1 (how float TIFFs and NumPy
+    arrays usually hold intensities), else on PIL's own 0..255 scale; then rounded and clipped to 0..255.
+    """
+    values = np.asarray(img)
+    if img.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        if values.max() <= 1.0:
+            values = values * 255.0
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if img.mode.startswith("I;16"):
+        bits = 16
+    else:
+        declared = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample: an int or one per channel
+        if declared:
+            bits = int(declared[0] if isinstance(declared, tuple) else declared)
+        else:
+            bits = 16 if values.max() <= 0xFFFF else 32
+    wide = np.clip(values.astype(np.int64), 0, 2**bits - 1)
+    return (wide >> max(bits - 8, 0)).astype(np.uint8)
+
+
+def _decode_rgb(path) -> Image.Image:
+    """The image at ``path`` fully decoded as 8-bit RGB; raises whatever PIL or NumPy raises."""
+    with Image.open(path) as img:
+        img.load()
+        # PIL's convert("RGB") clips these modes' values to 0..255 instead of scaling them: a 16-bit
+        # photo would come out almost all white.
+        if img.mode == "I" or img.mode == "F" or img.mode.startswith("I;16"):
+            return Image.fromarray(_to_8bit(img)).convert("RGB")  # (H, W) uint8: mode "L"
+        return img.convert("RGB")
+
+
+def _reason(path, exc: BaseException) -> str:
+    """Why ``path`` could not be decoded, in one line."""
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    try:
+        if os.path.getsize(path) == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass  # the exception itself says why the file cannot be read
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
 
 def open_image(path) -> Image.Image:
-    """The image at ``path`` as RGB, fully decoded; ``DataError`` naming the file otherwise."""
+    """The image at ``path`` as 8-bit RGB, fully decoded.
+
+    Grayscale, palette, CMYK and alpha images are converted by PIL; 16-bit, 32-bit integer and float
+    grayscale images are first scaled to 8 bits by their bit depth (see ``_to_8bit``: 16-bit values
+    keep their high byte, value >> 8). Raises ``DataError`` in one line naming the file: "image PATH
+    not found", or "image PATH cannot be read: REASON" whatever PIL raised on the file (OSError,
+    ValueError, SyntaxError, struct.error, IndexError, EOFError, DecompressionBombError, ...).
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
+        return _decode_rgb(path)
     except FileNotFoundError:
         raise DataError(f"image {path} not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"image {path} cannot be read: {exc}") from None
+    # PIL's decoders raise many unrelated exception types on odd or hostile files; each of them means
+    # this one file cannot be read, which is what the user needs to hear.
+    except Exception as exc:
+        raise DataError(f"image {path} cannot be read: {_reason(path, exc)}") from None
+
+
+def unreadable_images(samples: Sequence[Sample], *, workers: int = DECODE_WORKERS) -> list[tuple[Path, str]]:
+    """``(path, reason)`` for every listed image that ``open_image`` cannot decode, in list order.
+
+    Fully decodes each distinct path once (``workers`` threads) and keeps nothing; ``reason`` is one
+    line ("not found", "the file is empty (0 bytes)", "OSError: image file is truncated", ...). An
+    empty list means every image will load in training and evaluation.
+    """
+    paths = list(dict.fromkeys(Path(s.path) for s in samples))
+
+    def problem(path: Path) -> str | None:
+        try:
+            _decode_rgb(path)
+        except Exception as exc:  # the same failures open_image turns into DataError
+            return _reason(path, exc)
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        reasons = list(pool.map(problem, paths))
+    return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -1,8 +1,11 @@
 """Readers for every on-disk layout, and the expectations ``check_dataset`` reports for each.
 
 A reader takes the data root and the dataset's spec and returns ``DatasetSplits``; it lists and
-parses, it does not open images (``ImageDataset`` does that, ``check_dataset`` counts missing files).
-Anything malformed raises ``DataError`` naming the file and the row or field at fault.
+parses, it does not open images (``ImageDataset`` does that; ``check_dataset`` counts missing files
+and decodes). Anything malformed raises ``DataError`` naming the file and the row or field at fault.
+Split files and CSVs are read alike: a UTF-8 BOM is accepted, an image listed twice is refused (it
+would be drawn twice into a few-shot set, or sit in train and test), and class names that differ only
+in case, underscores or spacing are kept apart with a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import random
+import warnings
 from pathlib import Path
 
 from clipfit.errors import DataError
@@ -87,6 +91,21 @@ def _val_from_train(paths: list[Path], key: str, seed: int, n_val: int) -> tuple
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def _warn_lookalike_classnames(raw_names: list[str], where: Path) -> None:
+    """Warn, naming both and ``where``, of two class names a reader would take for one ("FOREST" and
+    "forest", "sea_lake" and "Sea  Lake"): equal once case-folded, underscores read as spaces and
+    whitespace collapsed. They stay two classes; the user may have meant one."""
+    first: dict[str, str] = {}
+    for raw in raw_names:
+        key = " ".join(raw.replace("_", " ").split()).casefold()
+        if key in first and first[key] != raw:
+            warnings.warn(
+                f"{where}: class labels {first[key]!r} and {raw!r} differ only in case, underscores or "
+                "spacing and are kept as two classes; rename one if they are the same class"
+            )
+        first.setdefault(key, raw)
+
+
 def _unique_classnames(raw_names: list[str], where: Path) -> list[str]:
     cleaned = [clean_classname(r) for r in raw_names]
     seen: dict[str, str] = {}
@@ -96,6 +115,7 @@ def _unique_classnames(raw_names: list[str], where: Path) -> list[str]:
         if name in seen:
             raise DataError(f"{where}: classes {seen[name]!r} and {raw!r} both become {name!r}")
         seen[name] = raw
+    _warn_lookalike_classnames(raw_names, where)
     return cleaned
 
 
@@ -121,9 +141,14 @@ def expect_coop_split(root: Path, spec: DatasetSpec) -> list[Expectation]:
 
 
 def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Sample]]]:
-    """Parse a CoOp split JSON; returns (class names in label order, samples per split)."""
+    """Parse a CoOp split JSON; returns (class names in label order, samples per split).
+
+    Raises ``DataError`` naming the file and the row (``train[3]``) at fault, including an image listed
+    twice; warns of class names that differ only in case, underscores or spacing.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: editors on Windows save a BOM, which json.load refuses; the CSV reader accepts it too.
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"split file {path} not found") from None
@@ -140,6 +165,7 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
         rows[split] = data[split]
 
     names: dict[int, tuple[str, str]] = {}  # label -> (raw classname, where first seen)
+    listed_at: dict[str, str] = {}  # normalised relpath -> row that lists it
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     for split in SPLITS:
         for i, row in enumerate(rows[split]):
@@ -161,6 +187,10 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
                     "with a non-negative int label"
                 )
             rel, label, raw = row
+            key = os.path.normpath(rel)
+            if key in listed_at:
+                raise DataError(f"split file {path}: row {at} lists {rel!r}, already listed at row {listed_at[key]}")
+            listed_at[key] = at
             if label in names and names[label][0] != raw:
                 first, first_at = names[label]
                 raise DataError(
@@ -176,6 +206,7 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
                 f"split file {path}: no row has label {label} (labels run 0..{max(names)}); "
                 "labels must be 0..n-1 without gaps"
             )
+    _warn_lookalike_classnames([names[i][0] for i in range(len(names))], path)
     classnames = [clean_classname(names[i][0]) for i in range(len(names))]
     out = {
         split: [Sample(image_dir / rel, label, classnames[label]) for rel, label in samples[split]]  # type: ignore[misc]

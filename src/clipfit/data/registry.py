@@ -14,7 +14,7 @@ from typing import Callable, Literal, Protocol
 
 from clipfit.errors import DataError
 
-from .samples import DatasetSplits
+from .samples import DatasetSplits, check_template
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,6 @@ def load_dataset(
         raise DataError(f"dataset {name!r}: {data_dir} does not exist; expected:\n{lines}")
     splits = spec.reader(root, spec, split_seed=split_seed)
     if template is not None:
-        if "{}" not in template:
-            raise DataError(f"prompt template {template!r} has no '{{}}' for the class name")
+        check_template(template)
         splits = dataclasses.replace(splits, template=template)
     return splits

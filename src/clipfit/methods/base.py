@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone
+from ..data.samples import check_template
 from ..errors import ClipFitError
 
 
@@ -68,11 +69,24 @@ class Method(nn.Module):
 
     def set_classes(self, classnames: list[str]) -> None:
         """Point the classifier at a class list (the training classes, or new ones for evaluation)."""
-        if "{}" not in self.template:
-            raise ClipFitError(f"prompt template {self.template!r} has no '{{}}' for the class name")
+        check_template(self.template)
         self.classnames = list(classnames)
         self.prompts = [self.template.format(name) for name in self.classnames]
+        self._check_prompt_lengths()
         self.register_buffer("prompt_tokens", self.backbone.tokenize(self.prompts), persistent=False)
+
+    def _check_prompt_lengths(self) -> None:
+        """The tokenizer would silently cut a prompt longer than the text tower's context, dropping its
+        end (the class name, often) and making prompts identical: refuse it, naming the class."""
+        tokenizer = self.backbone.tokenizer
+        context, encode = getattr(tokenizer, "context_length", None), getattr(tokenizer, "encode", None)
+        if context is None or encode is None:  # a Hugging Face tokenizer: no token count to check
+            return
+        for name, prompt in zip(self.classnames, self.prompts):
+            length = len(encode(prompt)) + 2  # start- and end-of-text tokens
+            if length > context:
+                raise ClipFitError(f"class {name!r}: prompt {prompt!r} is {length} tokens, longer than the text "
+                                   f"tower's context of {context}; shorten the class name or the template")
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Trainable tensors by their name in the backbone's state dict (the adapter file's keys)."""
@@ -125,6 +139,9 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Add a method under `cls.name`; a name taken by another class raises `ValueError`."""
+    if METHODS.get(cls.name, cls) is not cls:
+        raise ValueError(f"method {cls.name!r} is already registered (by {METHODS[cls.name].__module__})")
     METHODS[cls.name] = cls
     return cls
 

@@ -1,0 +1,425 @@
+"""The runner: one method trained and evaluated over several seeds, one folder per seed.
+
+    run(config) -> resolve defaults, validate, check the data a run will read -> run_seed per seed
+                -> summary.json, merged over every finished seed of the setting
+
+A run folder (`--out`) holds one setting (every config field but the output path, the seeds and the
+few-shot cache's location), claimed by its `summary.json`. A seed folder is written by one process at
+a time (a lock on `<out>/.seedN.lock` that the kernel drops when its holder dies) and is finished only
+when its `metrics.json`, written last, names the SHA-256 of the `config.json` and `adapter.safetensors`
+beside it; a rerun reuses a finished seed of the same setting and recipe, redoes an unfinished one or
+one from an older recipe (saying why), and refuses a folder that holds another setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import data
+from .adapter import AdapterInfo, load_adapter, save_adapter
+from .backbone import Backbone, load_backbone, weights_fingerprint
+from .config import RunConfig, default_data_root, validate
+from .data.samples import check_template
+from .engine import evaluate, train
+from .errors import ClipFitError, DataError
+from .files import Lock, atomic_write_text
+from .methods import Method, build_method, get_method, method_config
+from .protocols import Protocol, get_protocol
+
+# What a finished run's numbers mean beyond its config: bumped whenever the training recipe changes, so
+# that a run from before is redone, not reused as if it were the same setting.
+RECIPES = {
+    1: "before 2026-11-30",
+    2: "Dassl's warm-up + cosine schedule, whole batches, Dassl's few-shot draw, crops from full-resolution "
+       "images, frozen backbone in eval mode, distillation toward the pretrained weights",
+}
+RECIPE_VERSION = 2
+
+# Config fields that are not part of a run's identity: where it is written and where draws are cached
+# move nothing in its numbers; the seeds are one folder each.
+NOT_IDENTITY = ("out", "seeds", "cache_dir")
+
+# A run decodes every image it will read before training when it reads at most this many (and always
+# with check_images=True): a broken test image must not surface after the whole training.
+CHECK_IMAGES_UP_TO = 2000
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def setting(config: RunConfig) -> dict:
+    """The fields that make a run what it is (its identity), as JSON values."""
+    return {k: v for k, v in json.loads(config.to_json()).items() if k not in NOT_IDENTITY}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_out(config: RunConfig) -> str:
+    """`runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex of the setting>`: readable, and two
+    settings that differ anywhere (lr, epochs, pretrained weights, options) never share a folder."""
+    digest = _sha256(json.dumps(setting(config), sort_keys=True).encode())[:8]
+    return f"runs/{config.dataset}-{config.protocol}-{config.shots}shot-{config.method}-{config.model}-{digest}"
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Fill every default that depends on the dataset, protocol or method and validate every value, so
+    the written config is complete; `ClipFitError` naming the field at fault otherwise."""
+    validate(config)
+    get_protocol(config.protocol)
+    method_cls = get_method(config.method)
+    spec = data.get_spec(config.dataset)
+    if config.data_root is None and config.dataset in data.GENERIC_FORMATS:
+        raise ClipFitError(f"--data-root is required with --dataset {config.dataset} "
+                           f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})")
+    template = config.template or spec.template
+    check_template(template)
+    options = {**method_cls.protocol_defaults(config.protocol, config.dataset), **config.method_options}
+    method_config(config.method, options)
+    optim_defaults = method_cls.optim_defaults(config.protocol, config.dataset)
+    optim = dataclasses.replace(config.optim, **{k: v for k, v in optim_defaults.items() if getattr(config.optim, k) is None})
+    resolved = dataclasses.replace(
+        config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
+        data_root=config.data_root or str(default_data_root()), hflip=training_flips(config),
+    )
+    validate(resolved)
+    return dataclasses.replace(resolved, out=config.out or default_out(resolved))
+
+
+def training_flips(config: RunConfig) -> bool:
+    """Whether training flips images: as the config says, else unless the dataset is not mirror-invariant."""
+    return data.get_spec(config.dataset).mirror_invariant if config.hflip is None else config.hflip
+
+
+class RunLog:
+    """Lines to the run's log file, and to the console when asked."""
+
+    def __init__(self, path: Path, echo: bool):
+        self.path, self.echo = path, echo
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, line: str) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.echo:
+            print(line)
+
+
+def seed_dir(config: RunConfig, seed: int) -> Path:
+    return Path(config.out) / f"seed{seed}"
+
+
+def _seed_config(config: RunConfig, seed: int) -> RunConfig:
+    """The config a seed folder records: the run's, with that one seed."""
+    return dataclasses.replace(config, seeds=[seed])
+
+
+def _differs(previous: dict, current: dict) -> list[str]:
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return _sha256(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callable[[str], None]) -> dict | None:
+    """The metrics of a finished seed of the same setting, recipe and base weights; None when the seed
+    must be (re)done, with `say` telling why; `ClipFitError` if the folder holds another setting."""
+    metrics_file, config_file = folder / "metrics.json", folder / "config.json"
+    if not metrics_file.exists():
+        if config_file.exists():
+            say(f"{folder}: unfinished (no metrics.json; interrupted?), redoing this seed")
+        return None
+    if not config_file.exists():
+        raise ClipFitError(f"{folder}: has metrics.json but no config.json; move it away or use --overwrite")
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    previous = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+    recipe = metrics.get("recipe", 1)
+    # How images were cached belongs to the recipe of an older run, not to the setting the user chose.
+    old = {"image_cache": config.image_cache} if recipe != RECIPE_VERSION else {}
+    diff = _differs({**setting(previous), **old}, setting(config))
+    if diff:
+        raise ClipFitError(
+            f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
+            f"use another --out or --overwrite"
+        )
+    if recipe != RECIPE_VERSION:
+        say(f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
+            f"({RECIPES[RECIPE_VERSION]}); redoing this seed")
+        return None
+    if metrics.get("weights") != weights:
+        raise ClipFitError(
+            f"{folder}: holds a finished run on other base weights ({metrics.get('weights', 'not recorded')}; "
+            f"{config.model} {config.pretrained} is now {weights}); use another --out or --overwrite"
+        )
+    problem = _completion_problem(folder, metrics)
+    if problem:
+        say(f"{folder}: {problem}; redoing this seed")
+        return None
+    return metrics
+
+
+def _completion_problem(folder: Path, metrics: dict) -> str | None:
+    """Why the files of a seed folder are not the ones its metrics.json was measured on; None if they are."""
+    adapter = _file_sha256(folder / "adapter.safetensors")
+    if adapter is None:
+        return "adapter.safetensors is missing"
+    if "adapter_sha256" not in metrics:
+        return "metrics.json records no checksums of its adapter and config (written by an older version)"
+    if adapter != metrics["adapter_sha256"]:
+        return "adapter.safetensors is not the adapter metrics.json measured"
+    if _file_sha256(folder / "config.json") != metrics.get("config_sha256"):
+        return "config.json is not the config metrics.json measured"
+    return None
+
+
+def fewshot_cache_dir(config: RunConfig, splits: data.DatasetSplits, seed: int) -> Path | None:
+    """Where a seed's few-shot draw is cached: `config.cache_dir`; else beside the dataset
+    (`<dataset>/split_fewshot`) when the draw is there already or the folder can be written; else, for a
+    read-only dataset, `~/.cache/clipfit/fewshot/<dataset>-<8 hex of its folder>`, the same for every
+    method that reads that dataset."""
+    if config.cache_dir:
+        return Path(config.cache_dir).expanduser()
+    beside = splits.fewshot_dir
+    if beside is None:
+        return None
+    nearest = next(p for p in (beside, *beside.parents) if p.exists())
+    if data.fewshot_cache_file(beside, config.shots, seed).is_file() or os.access(nearest, os.W_OK):
+        return beside
+    key = _sha256(str(beside.parent).encode())[:8]
+    return Path.home() / ".cache" / "clipfit" / "fewshot" / f"{splits.name}-{key}"
+
+
+def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
+    splits = data.load_dataset(config.dataset, config.data_root, template=config.template)
+    return data.fewshot(splits, config.shots, seed, cache_dir=fewshot_cache_dir(config, splits, seed))
+
+
+def image_datasets(backbone: Backbone, config: RunConfig):
+    """Functions that turn samples into the train and the test image datasets for this backbone.
+
+    Training images are read once per epoch, so they are cached as `config.image_cache` says; test
+    images are read once per evaluation and never cached (ImageNet's 50,000 would not fit)."""
+    p = backbone.preprocess
+    cache = {
+        "decoded": {"cache_bytes": config.image_cache_mb * 2**20},
+        "resized-approximate": {"cache_bytes": config.image_cache_mb * 2**20, "resize_short_side": p.image_size},
+        "none": {},
+    }[config.image_cache]
+    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale),
+                                    hflip=training_flips(config))
+    test_tf = data.test_transform(p.image_size, p.mean, p.std)
+    return (
+        lambda samples: data.ImageDataset(samples, train_tf, **cache),
+        lambda samples: data.ImageDataset(samples, test_tf),
+    )
+
+
+def evaluate_sets(method: Method, protocol: Protocol, splits: data.DatasetSplits, test_dataset, config: RunConfig, progress: bool) -> dict[str, float]:
+    metrics = {}
+    for name, subset in protocol.eval_sets(splits).items():
+        method.set_classes(subset.classnames)
+        result = evaluate(
+            method, test_dataset(subset.test), batch_size=config.eval_batch_size,
+            num_workers=config.num_workers, progress=progress, desc=f"eval {name}", precision=config.precision,
+        )
+        metrics[name] = result["accuracy"]
+        metrics[f"{name}_n"] = result["n"]
+    metrics.update(protocol.derived(metrics))
+    return metrics
+
+
+def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
+    """Each seed's few-shot splits, once the data a run will read is known to be there: a training set
+    for a method that trains, a test image in every evaluated set, and (for at most CHECK_IMAGES_UP_TO
+    images, or always with `config.check_images`) every image decodable. `DataError` listing what is
+    missing or unreadable, before any training."""
+    protocol = get_protocol(config.protocol)
+    trains = get_method(config.method).trains
+    per_seed = {seed: load_splits(config, seed) for seed in config.seeds}
+    needed: dict[Path, data.Sample] = {}
+    for splits in per_seed.values():
+        train_splits = protocol.train_classes(splits)
+        if trains and not train_splits.train:
+            raise DataError(f"dataset {config.dataset!r} at {config.data_root}: the training split is empty; "
+                                 f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there")
+        for name, subset in protocol.eval_sets(splits).items():
+            if not subset.test:
+                raise DataError(f"dataset {config.dataset!r} at {config.data_root}: the test split of {name!r} is empty; "
+                                     f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there")
+            needed.update((s.path, s) for s in subset.test)
+        if trains:
+            needed.update((s.path, s) for s in train_splits.train)
+    if config.check_images or (config.check_images is None and len(needed) <= CHECK_IMAGES_UP_TO):
+        bad = data.unreadable_images(list(needed.values()))
+        if bad:
+            lines = "\n".join(f"  {path}: {reason}" for path, reason in bad[:10])
+            more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise DataError(f"{len(bad)} of the {len(needed)} images this run reads cannot be read:\n{lines}{more}")
+    return per_seed
+
+
+def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progress: bool = True, echo: bool = True,
+             overwrite: bool = False) -> dict:
+    """Train and evaluate one seed on its few-shot `splits`; a finished seed of the same setting is read
+    back, not redone. The seed folder is locked for the whole time."""
+    seed_config = _seed_config(config, seed)
+    folder = seed_dir(config, seed)
+    weights = weights_fingerprint(config.model, config.pretrained)
+    say = print if echo else (lambda line: None)
+    with Lock(Path(config.out) / f".seed{seed}.lock", f"seed folder {folder}"):
+        if not overwrite:
+            existing = _existing_result(folder, seed_config, weights, say)
+            if existing is not None:
+                say(f"{folder}: already done, reusing its metrics")
+                return existing
+        protocol = get_protocol(config.protocol)
+        train_splits = protocol.train_classes(splits)
+        backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
+        method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
+        # The completion marker goes first, so that no crash from here on leaves a seed that looks finished.
+        for stale in ("metrics.json", "adapter.safetensors", "log.txt"):
+            (folder / stale).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        config_json = seed_config.to_json()
+        atomic_write_text(folder / "config.json", config_json)
+        log = RunLog(folder / "log.txt", echo=False)
+        log(f"config {config_json}")
+        log(f"recipe {RECIPE_VERSION}: {RECIPES[RECIPE_VERSION]}")
+        if config.image_cache == "resized-approximate":
+            log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
+                "model's input size, not from the full-resolution files as the reference transform does")
+        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 else []:
+            log(f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: all are used (as Dassl does)")
+        log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
+        started = time.time()
+        train_dataset, test_dataset = image_datasets(backbone, config)
+        history = train(
+            method, train_dataset(train_splits.train), config.optim, seed=seed,
+            num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
+        )
+        info = AdapterInfo(
+            model=config.model, pretrained=config.pretrained, method=config.method,
+            method_options=config.method_options, classnames=train_splits.classnames, template=config.template,
+            weights=weights,
+        )
+        save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
+        metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
+        metrics.update(
+            seed=seed, recipe=RECIPE_VERSION, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
+            final_train_loss=history[-1]["loss"] if history else None, seconds=round(time.time() - started, 1),
+            config_sha256=_sha256(config_json.encode("utf-8")),
+            adapter_sha256=_file_sha256(folder / "adapter.safetensors"),
+        )
+        log(f"metrics {json.dumps(metrics)}")
+        atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
+        return metrics
+
+
+def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
+    """Mean and std over seeds. A derived column (base-to-new's HM) is computed from the mean accuracies,
+    as the papers report it (CoCoOp, CLIPFit Table 1: HM of the mean Base and the mean New), not
+    averaged; its std is over the per-seed values, which `per_seed` keeps."""
+    protocol = get_protocol(config.protocol)
+    per_seed = sorted(per_seed, key=lambda m: m["seed"])
+    summary = {"out": config.out, "method": config.method, "model": config.model, "pretrained": config.pretrained, "dataset": config.dataset,
+               "protocol": config.protocol, "shots": config.shots, "seeds": [m["seed"] for m in per_seed], "per_seed": per_seed,
+               "mean": {}, "std": {}, "setting": setting(config)}
+    if not per_seed:
+        return summary
+    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], float) and not k.endswith("_n") and k not in ("final_train_loss", "seconds")]
+    for key in keys:
+        values = [m[key] for m in per_seed]
+        summary["mean"][key] = statistics.fmean(values)
+        summary["std"][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+    derived = protocol.derived(summary["mean"])
+    summary["mean"].update(derived)
+    if derived:
+        summary["derived_from_means"] = sorted(derived)
+    return summary
+
+
+def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = False) -> None:
+    """Merge `finished` seeds into `<out>/summary.json` (created, empty, to claim the folder for this
+    setting); another setting's summary there is refused, naming the fields that differ, unless
+    ``overwrite`` (which starts the summary afresh)."""
+    out = Path(config.out)
+    with Lock(out / ".summary.lock", f"summary of {out}", wait=True):
+        path = out / "summary.json"
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if overwrite and previous.get("setting") != setting(config):
+            previous = {}
+        if previous and "setting" not in previous and not finished:
+            return  # written before summaries named their setting: its seed folders are checked one by one
+        if "setting" in previous and previous["setting"] != setting(config):
+            diff = _differs(previous["setting"], setting(config))
+            raise ClipFitError(f"{out}: holds runs of a different config (differs in: {', '.join(diff)}); "
+                               f"use another --out or --overwrite")
+        merged = {m["seed"]: m for m in previous.get("per_seed", []) if "setting" in previous}
+        merged.update({m["seed"]: m for m in finished})
+        atomic_write_text(path, json.dumps(summarize(config, list(merged.values())), indent=2))
+
+
+def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrite: bool = False) -> dict:
+    """Run every seed of a config; returns the summary of its seeds. `<out>/summary.json` holds every
+    finished seed of the setting, including seeds other runs added to the folder."""
+    config = resolve(config)
+    per_seed_splits = check_data(config)
+    out = Path(config.out)
+    created = not out.exists()
+    try:
+        _update_summary(config, [], overwrite)  # claim the folder for this setting before any training
+        per_seed = []
+        for seed in config.seeds:
+            per_seed.append(run_seed(config, seed, per_seed_splits[seed], progress=progress, echo=echo, overwrite=overwrite))
+            _update_summary(config, per_seed[-1:])
+    except BaseException:
+        # A run that failed before writing any seed leaves no folder behind.
+        if created and out.is_dir() and not any(p.is_dir() for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return summarize(config, per_seed)
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Method]:
+    """Rebuild a tuned model from a finished seed folder: the base weights its config names plus its
+    adapter file, once the folder's metrics.json confirms both are the ones it measured."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ClipFitError(f"{run_dir}: not a run folder (no config.json); pass a seed folder such as runs/x/seed1")
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise ClipFitError(f"{run_dir}: the run did not finish (no metrics.json); rerun it, its config.json alone "
+                           f"re-runs it: clipfit train --config {config_file}")
+    config = RunConfig.from_file(config_file)
+    problem = _completion_problem(run_dir, json.loads(metrics_file.read_text(encoding="utf-8")))
+    if problem:
+        raise ClipFitError(f"{run_dir}: {problem}; rerun it: clipfit train --config {config_file} --overwrite")
+    tensors, info = load_adapter(run_dir / "adapter.safetensors")
+    current = weights_fingerprint(info.model, info.pretrained)
+    if info.weights and info.weights != current:
+        raise ClipFitError(f"{run_dir / 'adapter.safetensors'}: trained on {info.model} {info.pretrained} "
+                           f"with weights {info.weights}, which now are {current}; retrain it on these weights")
+    backbone = load_backbone(info.model, info.pretrained, device=resolve_device(device))
+    method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
+    method.load_adapter_state(tensors, source=str(run_dir / "adapter.safetensors"))
+    method.eval()
+    return config, method
