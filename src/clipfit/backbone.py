@@ -127,6 +127,12 @@ def _unknown_model(model_name: str) -> BackboneError:
     )
 
 
+def _builtin_weights(model_name: str) -> Path:
+    if model_name not in BUILTIN_WEIGHTS:
+        raise BackboneError(f"no built-in weights for {model_name!r} (built-in: {', '.join(BUILTIN_WEIGHTS)})")
+    return BUILTIN_WEIGHTS[model_name]
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.startswith((".", "~")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
@@ -251,7 +257,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         # ('storage', dtype, record key, device it was saved from, number of elements). The device is
-        # ignored: OpenAI's archives say cuda, and everything loads on the CPU.
+        # ignored (an archive saved from a GPU names cuda): everything loads on the CPU.
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
                 and isinstance(pid[2], str) and isinstance(pid[4], int)):
             raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
@@ -303,18 +309,21 @@ def _read_torchscript_state_dict(path: Path, prefix: str) -> dict[str, torch.Ten
 
     Why not torch's own loaders: `torch.load(weights_only=True)` refuses TorchScript archives, and
     `torch.jit.load` (what `torch.load` dispatches to otherwise) compiles the archive's code/ and runs any
-    `__setstate__` it defines while loading, in a C++ deserializer; PyTorch's security policy
-    (SECURITY.md) asks to treat a TorchScript model like a program from its source. Here the archive
-    (a zip: `<prefix>/data.pkl` pickles the module tree, `<prefix>/data/<n>` holds each storage's raw
-    little-endian bytes, `<prefix>/code/` the TorchScript source; see torch/csrc/jit/docs/serialization.md)
-    is read with Python's zipfile; data.pkl goes through `_TorchScriptUnpickler`, whose globals are a
-    fixed allowlist of our own inert functions (a tensor view of a storage, a dtype, an OrderedDict, an
-    attribute holder for each `__torch__` class), so nothing the file names is ever imported or called;
-    tensors are views of bytearrays of the data records, bounds-checked by `torch.as_strided`; and the
-    code/ files are parsed as text only to learn which attributes are parameters and buffers.
+    `__setstate__` it defines while loading, in a C++ deserializer; PyTorch's security policy (SECURITY.md,
+    "TorchScript models") says to treat TorchScript models "the same way as locally executable code from
+    an unknown source".
+
+    What is done instead: the archive is a zip (torch/csrc/jit/docs/serialization.md): `<prefix>/data.pkl`
+    pickles the module tree, `<prefix>/data/<n>` holds each storage's raw little-endian bytes, and
+    `<prefix>/code/` the TorchScript source. It is read with Python's zipfile; data.pkl goes through
+    `_TorchScriptUnpickler`, whose globals are a fixed allowlist of our own inert callables (a tensor view
+    of a storage, a dtype, an OrderedDict, an attribute holder for each `__torch__` class), so nothing the
+    file names is imported or called; tensors are views of bytearrays of the data records, bounds-checked
+    by `torch.as_strided`; and the code/ files are parsed as text (`ast`) only to learn which attributes
+    are parameters and buffers.
     """
     with zipfile.ZipFile(path) as archive:
-        # Archives written before torch 1.10 have no byteorder record; they are little-endian.
+        # Archives from before torch recorded the byte order have no byteorder record; they are read as little-endian.
         byteorder = f"{prefix}/byteorder"
         if byteorder in archive.namelist() and archive.read(byteorder) != b"little":
             raise ValueError("its tensors are stored big-endian, which is not supported")
@@ -340,7 +349,10 @@ def _read_torchscript_state_dict(path: Path, prefix: str) -> dict[str, torch.Ten
                         if not isinstance(value, torch.Tensor):
                             raise ValueError(f"{name_prefix}{name} is declared a tensor but holds a {type(value).__name__}")
                         state[f"{name_prefix}{name}"] = value
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, SyntaxError, zipfile.BadZipFile) as err:
+        # What a malformed archive raises: a refused global or bad opcode, a truncated pickle, a missing record,
+        # a malformed declaration, an out-of-bounds view, an argument of the wrong type, an object never built.
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, TypeError, AttributeError,
+                SyntaxError, zipfile.BadZipFile) as err:
             raise ValueError(f"unreadable TorchScript archive ({_one_line(err)})") from err
     return state
 
@@ -443,9 +455,7 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
     force_quick_gelu = False
     weights: Path | None = None
     if pretrained == BUILTIN:
-        if model_name not in BUILTIN_WEIGHTS:
-            raise BackboneError(f"no built-in weights for {model_name!r} (built-in: {', '.join(BUILTIN_WEIGHTS)})")
-        weights = BUILTIN_WEIGHTS[model_name]
+        weights = _builtin_weights(model_name)
         if not weights.is_file():
             raise BackboneError(f"built-in weights file is missing: {weights}")
     elif pretrained != RANDOM_INIT:
@@ -492,12 +502,12 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
     if pretrained == RANDOM_INIT:
         return f"random-init:{RANDOM_INIT_SEED}"
     if pretrained == BUILTIN:
-        path = BUILTIN_WEIGHTS.get(model_name)
+        path = _builtin_weights(model_name)
     elif _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
         path = Path(pretrained).expanduser()
     else:
         return f"open_clip:{model_name}:{pretrained}"
-    if path is None or not path.is_file():
+    if not path.is_file():
         raise BackboneError(f"cannot fingerprint the weights of {model_name} {pretrained!r}: no such file {path}")
     stat = path.stat()
     return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)

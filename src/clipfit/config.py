@@ -160,6 +160,13 @@ def _from_dict(cls, data: dict, source: str):
     return cls(**values)
 
 
+def typed_fields(cls, values: dict, source: str) -> dict:
+    """``values`` type-checked against the fields of dataclass ``cls`` (a method's options), as a config
+    file's are; unknown names are left to the caller, which names the known ones."""
+    hints = typing.get_type_hints(cls)
+    return {name: _typed(value, hints[name], source, name) if name in hints else value for name, value in values.items()}
+
+
 # The largest seed every generator we seed accepts (NumPy's legacy seeding takes 32 bits).
 MAX_SEED = 2**32 - 1
 

@@ -28,7 +28,7 @@ import torch
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
 from .backbone import Backbone, load_backbone, weights_fingerprint
-from .config import RunConfig, default_data_root, validate
+from .config import RunConfig, default_data_root, typed_fields, validate
 from .data.samples import check_template
 from .engine import evaluate, train
 from .errors import ClipFitError, DataError
@@ -89,6 +89,7 @@ def resolve(config: RunConfig) -> RunConfig:
     template = config.template or spec.template
     check_template(template)
     options = {**method_cls.protocol_defaults(config.protocol, config.dataset), **config.method_options}
+    options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
     optim_defaults = method_cls.optim_defaults(config.protocol, config.dataset)
     optim = dataclasses.replace(config.optim, **{k: v for k, v in optim_defaults.items() if getattr(config.optim, k) is None})
@@ -311,10 +312,14 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
         started = time.time()
         train_dataset, test_dataset = image_datasets(backbone, config)
-        history = train(
-            method, train_dataset(train_splits.train), config.optim, seed=seed,
-            num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
-        )
+        try:
+            history = train(
+                method, train_dataset(train_splits.train), config.optim, seed=seed,
+                num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
+            )
+        except ClipFitError as err:
+            log(f"error {err}")
+            raise
         info = AdapterInfo(
             model=config.model, pretrained=config.pretrained, method=config.method,
             method_options=config.method_options, classnames=train_splits.classnames, template=config.template,

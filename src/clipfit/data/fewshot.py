@@ -69,7 +69,7 @@ def _write_atomic(path: Path, payload: dict) -> None:
         atomic_write_text(path, json.dumps(payload, indent=1))
     except OSError as exc:
         raise DataError(
-            f"cannot write few-shot cache {path}: {exc}; pass a writable cache_dir to fewshot()"
+            f"cannot write few-shot cache {path}: {exc}; pass --cache-dir (cache_dir=) to keep draws elsewhere"
         ) from None
 
 

@@ -21,7 +21,10 @@ from ..errors import ClipFitError
 
 @dataclass
 class MethodConfig:
-    """Options of a method; subclasses add theirs."""
+    """Options of a method; subclasses add theirs, and check their values in `check`."""
+
+    def check(self) -> None:
+        """Raise `ClipFitError` naming the option whose value the method cannot use."""
 
 
 class Method(nn.Module):
@@ -152,7 +155,9 @@ def method_config(name: str, options: dict | None = None) -> MethodConfig:
     unknown = sorted(set(options or {}) - fields)
     if unknown:
         raise ClipFitError(f"method {name!r} has no option(s) {', '.join(unknown)} (options: {', '.join(sorted(fields)) or 'none'})")
-    return cls.config_class(**(options or {}))
+    config = cls.config_class(**(options or {}))
+    config.check()
+    return config
 
 
 def get_method(name: str) -> type[Method]:

@@ -10,6 +10,7 @@ configs): NOTES.md.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,12 @@ class CLIPFitConfig(MethodConfig):
     beta: float | None = None
     regularizer: str = "kd"
 
+    def check(self):
+        if self.regularizer not in REGULARIZERS:
+            raise ClipFitError(f"clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ClipFitError(f"clipfit: beta must be a finite number >= 0, got {self.beta!r}")
+
 
 @register_method
 class CLIPFit(Method):
@@ -41,8 +48,7 @@ class CLIPFit(Method):
     config_class = CLIPFitConfig
 
     def __init__(self, backbone, classnames, template, config: CLIPFitConfig):
-        if config.regularizer not in REGULARIZERS:
-            raise ClipFitError(f"clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {config.regularizer!r}")
+        config.check()
         if config.beta is None:
             raise ClipFitError("clipfit: beta is unset; the protocol fills in its default")
         super().__init__(backbone, classnames, template, config)

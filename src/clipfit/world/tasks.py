@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from clipfit.errors import DataError
+from clipfit.files import pid_alive
 from clipfit.world import render as R
 from clipfit.world import scenes as S
 
@@ -193,11 +194,26 @@ VERSION_FILE = "world_task.json"
 
 def generated_version(task: WorldTask, folder: Path) -> int | None:
     """The renderer version that drew `folder`; None if it holds no finished task (folders written
-    before versions were recorded count as version 1)."""
+    before versions were recorded count as version 1). A damaged marker counts as version 0, so the
+    task (derived data, drawn again bit for bit) is redrawn."""
     if not (folder / task.split_file).is_file():
         return None
     marker = folder / VERSION_FILE
-    return int(json.loads(marker.read_text())["version"]) if marker.is_file() else 1
+    if not marker.is_file():
+        return 1
+    try:
+        return int(json.loads(marker.read_text(encoding="utf-8"))["version"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return 0
+
+
+def _remove_orphans(root: Path, folder: str) -> None:
+    """Delete the half-drawn `.<folder>.tmp-<pid>` and `.<folder>.stale-<pid>` folders of generations that
+    were killed (their pid is gone); those of live processes stay."""
+    for entry in root.glob(f".{folder}.*-*"):
+        kind, _, pid = entry.name[len(folder) + 2:].partition("-")
+        if kind in ("tmp", "stale") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def generate_task(name: str, root: Path | str) -> Path:
@@ -211,6 +227,7 @@ def generate_task(name: str, root: Path | str) -> Path:
     if generated_version(task, final) == task.version:
         return final
     root.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(root, task.folder)
     tmp = root / f".{task.folder}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     split: dict[str, list] = {}
