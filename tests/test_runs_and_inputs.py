@@ -397,7 +397,8 @@ def test_any_config_is_a_valid_run_config_or_one_clear_error(fields, optim):
     try:
         config = resolve(RunConfig.from_dict(data))
     except ClipFitError as err:
-        assert str(err) and "\n" not in str(err) and "None" not in str(err).replace("'None'", "")
+        assert str(err) and "\n" not in str(err)
+        assert "None" not in str(err) or "None" in json.dumps(data)  # a missing value is never shown as None
         return
     assert config.optim.epochs >= 1 and config.optim.lr > 0 and math.isfinite(config.optim.lr)
     assert config.shots >= 0 and len(set(config.seeds)) == len(config.seeds) >= 1
@@ -432,3 +433,30 @@ def test_any_command_line_values_are_a_run_or_one_clear_error(flags, values):
     (config,) = resolved
     assert config.optim.epochs >= 1 and config.optim.batch_size >= 1 and math.isfinite(config.optim.lr)
     assert config.method_options["beta"] >= 0 and math.isfinite(config.method_options["beta"])
+
+
+# 9. What a run will read is checked before it trains ---------------------------------------------------
+
+def test_an_unreadable_test_image_stops_the_run_before_training(eurosat_root, tmp_path, capsys):
+    split = json.loads((eurosat_root / "eurosat" / "split_zhou_EuroSAT.json").read_text())
+    broken = [eurosat_root / "eurosat" / "2750" / row[0] for row in split["test"][:2]]
+    for path in broken:
+        path.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1"))
+    err = capsys.readouterr().err
+    assert err.startswith("clipfit: error: 2 of the 24 images this run reads cannot be read:")  # 2x4 train, 4x4 test
+    assert all(str(path) in err for path in broken)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_test_split_stops_the_run_before_training(eurosat_root, tmp_path, capsys):
+    split_file = eurosat_root / "eurosat" / "split_zhou_EuroSAT.json"
+    split = json.loads(split_file.read_text())
+    split_file.write_text(json.dumps({**split, "test": [row for row in split["test"] if row[1] < 2]}))  # new: labels 2, 3
+    with pytest.raises(SystemExit):
+        main(train_args(eurosat_root, tmp_path / "run", "--protocol", "base2new", "--seeds", "1", "--epochs", "1"))
+    err = capsys.readouterr().err.strip()
+    assert err == (f"clipfit: error: dataset 'eurosat' at {eurosat_root}: the test split of 'new' is empty; "
+                   f"`clipfit data check --dataset eurosat --data-root {eurosat_root}` says what is there")
+    assert not (tmp_path / "run").exists()
