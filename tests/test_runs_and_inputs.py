@@ -131,6 +131,7 @@ def test_an_interrupted_overwrite_leaves_a_seed_that_eval_predict_and_reruns_ref
     with pytest.raises(SystemExit):
         main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "2", "--beta", "3", "--overwrite"))
     monkeypatch.undo()
+    assert json.loads((out / "summary.json").read_text())["seeds"] == []  # no longer claims seed 1 finished
     seed1 = out / "seed1"
     assert json.loads((seed1 / "config.json").read_text())["method_options"]["beta"] == 3.0
     assert not (seed1 / "adapter.safetensors").exists() and not (seed1 / "metrics.json").exists()
@@ -158,6 +159,61 @@ def test_a_seed_whose_adapter_is_missing_or_foreign_is_redone_not_reused(eurosat
 
 
 # 3. A run's identity ----------------------------------------------------------------------------------
+
+def test_a_seed_folder_copied_from_another_seed_is_refused(eurosat_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(train_args(eurosat_root, out, "--seeds", "2", "--epochs", "1"))
+    shutil.copytree(out / "seed2", out / "seed3")
+    with pytest.raises(SystemExit):
+        main(train_args(eurosat_root, out, "--seeds", "3", "--epochs", "1"))
+    assert f"{out / 'seed3'}: holds the run of seed 2, not of seed 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content", [("metrics.json", '{"acc'), ("metrics.json", "[1, 2]"), ("config.json", "{"),
+                                           ("summary.json", "xx"), ("summary.json", "[]")])
+def test_a_damaged_file_in_a_run_folder_is_one_line_naming_it(eurosat_root, tmp_path, capsys, name, content):
+    out = tmp_path / "run"
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    damaged = out / name if name == "summary.json" else out / "seed1" / name
+    damaged.write_text(content)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err
+    assert err.startswith(f"clipfit: error: {damaged}: damaged") or err.startswith(f"clipfit: error: {damaged}: not valid JSON")
+    if name != "summary.json":
+        with pytest.raises(SystemExit):
+            main(["eval", "--run", str(out / "seed1"), "--no-progress"])
+        assert str(damaged) in capsys.readouterr().err
+
+
+def test_settings_that_move_no_number_do_not_block_a_resume(eurosat_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    capsys.readouterr()
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1", "--num-workers", "1", "--image-cache-mb", "10",
+                    "--device", "cpu", "--no-decode"))
+    assert "already done, reusing its metrics" in capsys.readouterr().out
+
+
+def test_the_advice_for_an_unfinished_seed_reruns_it_where_it_now_is(eurosat_root, tmp_path):
+    main(train_args(eurosat_root, tmp_path / "here", "--seeds", "1", "--epochs", "1"))
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    (tmp_path / "there" / "seed1" / "metrics.json").unlink()
+    with pytest.raises(ClipFitError) as err:
+        api.load_run(tmp_path / "there" / "seed1")
+    assert str(err.value).endswith(f"--out {tmp_path / 'there'}")
+
+
+def test_orphan_temp_files_in_a_reused_seed_folder_are_removed(eurosat_root, tmp_path):
+    out = tmp_path / "run"
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    orphan = out / "seed1" / f".adapter.safetensors.{dead_pid()}-x.tmp"
+    orphan.write_text("half")
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    assert not orphan.exists()
+
 
 def test_the_default_out_differs_whenever_the_setting_does():
     base = RunConfig(dataset="eurosat", data_root="/data", model="ViT-B-32")
@@ -252,12 +308,36 @@ def test_results_respect_the_umask_so_colleagues_can_read_them(eurosat_root, tmp
     (["--template", "a {name}"], "prompt template 'a {name}' must have exactly one '{}' for the class name, and it has a named field {name}"),
     (["--image-cache-mb", "-1"], "image_cache_mb must be a whole number >= 0, got -1"),
     (["--device", "gpu7"], "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7'"),
+    (["--pretrained", ""], "pretrained must be an open_clip tag, a checkpoint file, 'builtin' or 'none', got ''"),
+    (["--num-workers", "100000"], f"num_workers must be at most {4 * (os.cpu_count() or 1)} (4 per CPU core), got 100000"),
+    (["--option", "beta=nan"], "clipfit: beta must be a finite number >= 0, got nan"),
+    (["--option", "beta=1", "--option", "beta=2"], "--option beta is given more than once"),
+    (["--option", "regularizer=3"], "method 'clipfit': option: field 'regularizer' must be a string, got 3"),
 ])
 def test_a_bad_option_is_one_line_naming_it_before_anything_runs(eurosat_root, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         main(train_args(eurosat_root, tmp_path / "run", *args))
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err == f"clipfit: error: {message}"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_this_machine_lacks_is_one_line(eurosat_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(train_args(eurosat_root, tmp_path / "run", "--device", "cuda"))
+    assert capsys.readouterr().err.strip() == (
+        "clipfit: error: device 'cuda': no CUDA GPU is available here (torch.cuda.is_available() is False); "
+        "use --device cpu or auto")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_path_that_is_a_folder_says_so(eurosat_root, tmp_path, capsys):
+    (tmp_path / "weights.pt").mkdir()
+    args = train_args(eurosat_root, tmp_path / "run")
+    args[args.index("none")] = str(tmp_path / "weights.pt")
+    with pytest.raises(SystemExit):
+        main(args)
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'weights.pt'} is a folder, not a checkpoint file")
 
 
 def test_predict_refuses_a_top_k_below_one(capsys):
@@ -279,6 +359,23 @@ def test_training_stops_at_the_first_non_finite_step_and_writes_no_result(eurosa
 
 
 # 6. A config file is type-checked -------------------------------------------------------------------------
+
+def test_the_legacy_cache_field_is_type_checked_and_cannot_contradict_its_successor():
+    with pytest.raises(ClipFitError, match=r"field 'cache_images' must be true or false, got \"yes\""):
+        RunConfig.from_dict({"cache_images": "yes"})
+    with pytest.raises(ClipFitError, match=r"fields 'cache_images' \(written by an earlier version\) and 'image_cache' are both given"):
+        RunConfig.from_dict({"cache_images": True, "image_cache": "none"})
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys):
+    csv_file = tmp_path / "labels.csv"
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    csv_file.write_text("path,label,split\na.png,forest,train\nb.png,FOREST,train\nc.png,forest,test\nd.png,FOREST,test\n")
+    main(["data", "check", "--dataset", "csv", "--data-root", str(csv_file)])
+    err = capsys.readouterr().err
+    assert err.startswith("clipfit: warning: ") and "FOREST" in err and len(err.strip().splitlines()) == 1
+
 
 @pytest.mark.parametrize("field, value, message", [
     ("shots", "16", "field 'shots' must be an integer, got \"16\""),

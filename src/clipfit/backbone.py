@@ -364,12 +364,20 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
     return text or type(err).__name__
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 12 more' (or 'none')."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _load_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state` into `model` when its names and shapes are the model's own, casting to the model's dtypes."""
     expected = model.state_dict()
     unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
     if unexpected or missing:
-        raise ValueError(f"tensor names do not match (unexpected: {unexpected[:3]}, missing: {missing[:3]})")
+        raise ValueError(f"tensor names do not match (unexpected: {_some(unexpected)}; missing: {_some(missing)})")
     wrong = [f"{k} {tuple(v.shape)}, expected {tuple(expected[k].shape)}" for k, v in sorted(state.items()) if v.shape != expected[k].shape]
     if wrong:
         raise ValueError(f"tensor shapes do not match: {'; '.join(wrong[:3])}")
@@ -461,6 +469,8 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
     elif pretrained != RANDOM_INIT:
         if _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
             weights = Path(pretrained).expanduser()
+            if weights.is_dir():
+                raise BackboneError(f"--pretrained {pretrained}: {weights} is a folder, not a checkpoint file")
             if not weights.is_file():
                 raise BackboneError(f"checkpoint file not found: {weights}")
         else:
@@ -507,6 +517,8 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
         path = Path(pretrained).expanduser()
     else:
         return f"open_clip:{model_name}:{pretrained}"
+    if path.is_dir():
+        raise BackboneError(f"--pretrained {pretrained}: {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise BackboneError(f"cannot fingerprint the weights of {model_name} {pretrained!r}: no such file {path}")
     stat = path.stat()

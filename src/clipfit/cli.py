@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from . import api
@@ -22,6 +23,10 @@ def _option(text: str) -> tuple[str, object]:
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
+        pass
+    try:  # nan, inf: numbers JSON cannot spell, so that the method's own check names them
+        return key, float(value)
+    except ValueError:
         return key, value
 
 
@@ -78,6 +83,10 @@ def _config_from_args(args) -> RunConfig:
     }
     optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)
+    given = [key for key, _ in args.options]
+    twice = sorted({key for key in given if given.count(key) > 1})
+    if twice:
+        raise ClipFitError(f"--option {twice[0]} is given more than once")
     options.update(dict(args.options))
     if args.beta is not None:
         options["beta"] = args.beta
@@ -197,8 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"clipfit: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning  # one line a warning, not Python's file:line and source
     try:
         args.func(args)
     except ClipFitError as err:

@@ -145,7 +145,12 @@ def _from_dict(cls, data: dict, source: str):
     if cls is RunConfig:
         for name, translate in LEGACY_FIELDS.items():
             if name in data:
-                data = {**{k: v for k, v in data.items() if k != name}, **translate(data[name])}
+                new = translate(_typed(data[name], bool, source, name))
+                both = sorted(set(new) & set(data))
+                if both:
+                    raise ClipFitError(f"{source}: fields {name!r} (written by an earlier version) and {both[0]!r} "
+                                       f"are both given; keep {both[0]!r}")
+                data = {**{k: v for k, v in data.items() if k != name}, **new}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ClipFitError(f"{source}: unknown field(s) {', '.join(unknown)} (known: {', '.join(fields)})")
@@ -216,6 +221,14 @@ def validate(config: RunConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad(name, value, "a whole number >= 0")
+    # More loader processes than this only wait on each other (and tens of thousands never start).
+    most_workers = 4 * (os.cpu_count() or 1)
+    if config.num_workers > most_workers:
+        raise bad("num_workers", config.num_workers, f"at most {most_workers} (4 per CPU core)")
+    for name in ("method", "model", "pretrained", "dataset", "protocol"):
+        if not getattr(config, name).strip():
+            what = "an open_clip tag, a checkpoint file, 'builtin' or 'none'" if name == "pretrained" else "a name"
+            raise bad(name, getattr(config, name), what)
     low, high = config.crop_scale
     if not (_finite(low) and _finite(high) and 0 < low <= high <= 1):
         raise bad("crop_scale", list(config.crop_scale), "two numbers 0 < low <= high <= 1")

@@ -34,16 +34,15 @@ def _umask() -> int:
     return mask
 
 
-def _temp_pattern(name: str) -> re.Pattern:
-    return re.compile(rf"^\.{re.escape(name)}\.(\d+)-.*\.tmp$")
-
-
 def remove_orphan_temp_files(path: Path) -> None:
-    """Delete temporary files that `atomic_write` left beside ``path`` in processes that were killed
-    mid-write (their pid, in the name, is gone); those of live writers stay."""
-    pattern = _temp_pattern(path.name)
+    """Delete the temporary files that `atomic_write` left, for the file ``path`` or, when ``path`` is a
+    folder, for every file in it, in processes that were killed mid-write (their pid, in the name, is
+    gone); those of live writers stay."""
+    path = Path(path)
+    folder, name = (path, r"[^/]+") if path.is_dir() else (path.parent, re.escape(path.name))
+    pattern = re.compile(rf"^\.{name}\.(\d+)-.*\.tmp$")
     try:
-        entries = list(path.parent.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return
     for entry in entries:
@@ -93,8 +92,7 @@ class Lock:
     def holder(self) -> str:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
-            return (f"pid {info['pid']} on {info['host']} since {info['since']} "
-                    f"({' '.join(info['command'])[:120]})")
+            return f"pid {info['pid']} on {info['host']} since {info['since']} ({' '.join(info['command'])})"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
 

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from .config import RunConfig, default_data_root, typed_fields, validate
 from .data.samples import check_template
 from .engine import evaluate, train
 from .errors import ClipFitError, DataError
-from .files import Lock, atomic_write_text
+from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config
 from .protocols import Protocol, get_protocol
 
@@ -45,9 +44,11 @@ RECIPES = {
 }
 RECIPE_VERSION = 2
 
-# Config fields that are not part of a run's identity: where it is written and where draws are cached
-# move nothing in its numbers; the seeds are one folder each.
-NOT_IDENTITY = ("out", "seeds", "cache_dir")
+# Config fields that are not part of a run's identity: where it is written and where draws are cached,
+# how many processes load data, how much memory caches images, how the data is checked and on which
+# device it runs move nothing in what it trains (a device may move the last float digits); the seeds are
+# one folder each. A run interrupted on one machine resumes on another.
+NOT_IDENTITY = ("out", "seeds", "cache_dir", "num_workers", "image_cache_mb", "check_images", "eval_batch_size", "device")
 
 # A run decodes every image it will read before training when it reads at most this many (and always
 # with check_images=True): a broken test image must not surface after the whole training.
@@ -55,8 +56,13 @@ CHECK_IMAGES_UP_TO = 2000
 
 
 def resolve_device(device: str) -> str:
+    """"auto": a GPU when there is one, else the CPU; a device this machine lacks is a `ClipFitError`."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ClipFitError(f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                           f"use --device cpu or auto")
     return device
 
 
@@ -129,6 +135,17 @@ def _seed_config(config: RunConfig, seed: int) -> RunConfig:
     return dataclasses.replace(config, seeds=[seed])
 
 
+def _read_json_object(path: Path, fix: str) -> dict:
+    """The JSON object in a run folder's file; `ClipFitError` naming the file and ``fix`` otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ClipFitError(f"{path}: damaged, not valid JSON ({err}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ClipFitError(f"{path}: damaged, holds a JSON {type(value).__name__} instead of an object; {fix}")
+    return value
+
+
 def _differs(previous: dict, current: dict) -> list[str]:
     return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
 
@@ -150,8 +167,13 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
         return None
     if not config_file.exists():
         raise ClipFitError(f"{folder}: has metrics.json but no config.json; move it away or use --overwrite")
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    previous = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+    fix = "move it away or use --overwrite"
+    metrics = _read_json_object(metrics_file, fix)
+    previous = RunConfig.from_dict(_read_json_object(config_file, fix), str(config_file))
+    seed = config.seeds[0]
+    if previous.seeds != [seed] or metrics.get("seed") != seed:
+        raise ClipFitError(f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
+                           f"(copied from another seed folder?); {fix}")
     recipe = metrics.get("recipe", 1)
     # How images were cached belongs to the recipe of an older run, not to the setting the user chose.
     old = {"image_cache": config.image_cache} if recipe != RECIPE_VERSION else {}
@@ -278,14 +300,16 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
 
 
 def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progress: bool = True, echo: bool = True,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, backbone: Backbone | None = None) -> dict:
     """Train and evaluate one seed on its few-shot `splits`; a finished seed of the same setting is read
-    back, not redone. The seed folder is locked for the whole time."""
+    back, not redone. The seed folder is locked for the whole time. ``backbone``: the base model freshly
+    loaded for this seed (it is tuned in place), else it is loaded here."""
     seed_config = _seed_config(config, seed)
     folder = seed_dir(config, seed)
     weights = weights_fingerprint(config.model, config.pretrained)
     say = print if echo else (lambda line: None)
     with Lock(Path(config.out) / f".seed{seed}.lock", f"seed folder {folder}"):
+        remove_orphan_temp_files(folder)
         if not overwrite:
             existing = _existing_result(folder, seed_config, weights, say)
             if existing is not None:
@@ -293,9 +317,12 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
                 return existing
         protocol = get_protocol(config.protocol)
         train_splits = protocol.train_classes(splits)
-        backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
+        if backbone is None:
+            backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
         method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
-        # The completion marker goes first, so that no crash from here on leaves a seed that looks finished.
+        # The summary and the completion marker go first, so that no crash from here on leaves a seed that
+        # looks finished.
+        _update_summary(config, [], drop=seed)
         for stale in ("metrics.json", "adapter.safetensors", "log.txt"):
             (folder / stale).unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -361,14 +388,14 @@ def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
     return summary
 
 
-def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = False) -> None:
+def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = False, drop: int | None = None) -> None:
     """Merge `finished` seeds into `<out>/summary.json` (created, empty, to claim the folder for this
-    setting); another setting's summary there is refused, naming the fields that differ, unless
-    ``overwrite`` (which starts the summary afresh)."""
+    setting), less seed ``drop`` (about to be redone); another setting's summary there is refused, naming
+    the fields that differ, unless ``overwrite`` (which starts the summary afresh)."""
     out = Path(config.out)
     with Lock(out / ".summary.lock", f"summary of {out}", wait=True):
         path = out / "summary.json"
-        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        previous = _read_json_object(path, "move it away or use --overwrite") if path.exists() else {}
         if overwrite and previous.get("setting") != setting(config):
             previous = {}
         if previous and "setting" not in previous and not finished:
@@ -379,27 +406,25 @@ def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = F
                                f"use another --out or --overwrite")
         merged = {m["seed"]: m for m in previous.get("per_seed", []) if "setting" in previous}
         merged.update({m["seed"]: m for m in finished})
+        merged.pop(drop, None)
         atomic_write_text(path, json.dumps(summarize(config, list(merged.values())), indent=2))
 
 
 def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrite: bool = False) -> dict:
     """Run every seed of a config; returns the summary of its seeds. `<out>/summary.json` holds every
-    finished seed of the setting, including seeds other runs added to the folder."""
+    finished seed of the setting, including seeds other runs added to the folder. Everything that can
+    be checked before training (options, data, images, the checkpoint) is, before the folder is touched."""
     config = resolve(config)
     per_seed_splits = check_data(config)
-    out = Path(config.out)
-    created = not out.exists()
-    try:
-        _update_summary(config, [], overwrite)  # claim the folder for this setting before any training
-        per_seed = []
-        for seed in config.seeds:
-            per_seed.append(run_seed(config, seed, per_seed_splits[seed], progress=progress, echo=echo, overwrite=overwrite))
-            _update_summary(config, per_seed[-1:])
-    except BaseException:
-        # A run that failed before writing any seed leaves no folder behind.
-        if created and out.is_dir() and not any(p.is_dir() for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    # Loading the weights checks the checkpoint before the run folder is created; the first seed trains on them.
+    backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
+    _update_summary(config, [], overwrite)  # claim the folder for this setting
+    per_seed = []
+    for seed in config.seeds:
+        per_seed.append(run_seed(config, seed, per_seed_splits[seed], progress=progress, echo=echo,
+                                 overwrite=overwrite, backbone=backbone))
+        backbone = None  # training tuned it in place: every later seed starts from the file again
+        _update_summary(config, per_seed[-1:])
     return summarize(config, per_seed)
 
 
@@ -412,12 +437,13 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
         raise ClipFitError(f"{run_dir}: not a run folder (no config.json); pass a seed folder such as runs/x/seed1")
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
-        raise ClipFitError(f"{run_dir}: the run did not finish (no metrics.json); rerun it, its config.json alone "
-                           f"re-runs it: clipfit train --config {config_file}")
+        raise ClipFitError(f"{run_dir}: the run did not finish (no metrics.json); rerun it: "
+                           f"clipfit train --config {config_file} --out {run_dir.parent}")
     config = RunConfig.from_file(config_file)
-    problem = _completion_problem(run_dir, json.loads(metrics_file.read_text(encoding="utf-8")))
+    rerun = f"clipfit train --config {config_file} --out {run_dir.parent}"
+    problem = _completion_problem(run_dir, _read_json_object(metrics_file, f"rerun it: {rerun} --overwrite"))
     if problem:
-        raise ClipFitError(f"{run_dir}: {problem}; rerun it: clipfit train --config {config_file} --overwrite")
+        raise ClipFitError(f"{run_dir}: {problem}; rerun it: {rerun} --overwrite")
     tensors, info = load_adapter(run_dir / "adapter.safetensors")
     current = weights_fingerprint(info.model, info.pretrained)
     if info.weights and info.weights != current:

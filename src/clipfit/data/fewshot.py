@@ -69,7 +69,7 @@ def _write_atomic(path: Path, payload: dict) -> None:
         atomic_write_text(path, json.dumps(payload, indent=1))
     except OSError as exc:
         raise DataError(
-            f"cannot write few-shot cache {path}: {exc}; pass --cache-dir (cache_dir=) to keep draws elsewhere"
+            f"cannot write few-shot cache {path}: {exc}; choose a writable folder for draws with --cache-dir (cache_dir=)"
         ) from None
 
 
