@@ -82,7 +82,7 @@ def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(
     assert same.returncode == 2
     assert same.stderr.strip().splitlines() == [same.stderr.strip()]  # one line
     assert f"seed folder {out / 'seed1'} is being written by pid {slow.pid}" in same.stderr
-    assert other.returncode == 2 and "holds runs of a different config (differs in: optim)" in other.stderr
+    assert other.returncode == 2 and "holds runs of a different config (differs in: optim.epochs)" in other.stderr
     config = json.loads((out / "seed1" / "config.json").read_text())
     metrics = json.loads((out / "seed1" / "metrics.json").read_text())
     assert config["optim"]["epochs"] == 600 and metrics["seed"] == 1
@@ -307,7 +307,7 @@ def test_results_respect_the_umask_so_colleagues_can_read_them(eurosat_root, tmp
     (["--template", "a {} of {}"], "prompt template 'a {} of {}' must have exactly one '{}' for the class name, and it has 2 '{}'"),
     (["--template", "a {name}"], "prompt template 'a {name}' must have exactly one '{}' for the class name, and it has a named field {name}"),
     (["--image-cache-mb", "-1"], "image_cache_mb must be a whole number >= 0, got -1"),
-    (["--device", "gpu7"], "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7'"),
+    (["--device", "gpu7"], "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7' (available here: cpu)"),
     (["--pretrained", ""], "pretrained must be an open_clip tag, a checkpoint file, 'builtin' or 'none', got ''"),
     (["--num-workers", "100000"], f"num_workers must be at most {4 * (os.cpu_count() or 1)} (4 per CPU core), got 100000"),
     (["--option", "beta=nan"], "clipfit: beta must be a finite number >= 0, got nan"),
@@ -322,13 +322,19 @@ def test_a_bad_option_is_one_line_naming_it_before_anything_runs(eurosat_root, t
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
-def test_a_gpu_this_machine_lacks_is_one_line(eurosat_root, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(train_args(eurosat_root, tmp_path / "run", "--device", "cuda"))
-    assert capsys.readouterr().err.strip() == (
-        "clipfit: error: device 'cuda': no CUDA GPU is available here (torch.cuda.is_available() is False); "
-        "use --device cpu or auto")
-    assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu"])
+def test_a_device_this_machine_lacks_is_one_line_in_every_command(eurosat_root, tmp_path, capsys, device):
+    main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1"))
+    capsys.readouterr()
+    image = next((eurosat_root / "eurosat" / "2750").rglob("*.png"))
+    for command in (train_args(eurosat_root, tmp_path / "other", "--device", device),
+                    ["eval", "--run", str(tmp_path / "run" / "seed1"), "--device", device],
+                    ["predict", "--run", str(tmp_path / "run" / "seed1"), "--device", device, str(image)]):
+        with pytest.raises(SystemExit):
+            main(command)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("clipfit: error: device") and f"'{device}'" in err and err.endswith("(available here: cpu)")
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_checkpoint_path_that_is_a_folder_says_so(eurosat_root, tmp_path, capsys):
@@ -510,7 +516,8 @@ def test_any_config_is_a_valid_run_config_or_one_clear_error(fields, optim):
 def test_any_command_line_values_are_a_run_or_one_clear_error(flags, values):
     from unittest import mock
 
-    from clipfit import cli
+    from clipfit import api as clipfit_api
+    from clipfit import report
 
     args = ["train", "--dataset", "eurosat", "--data-root", "/nonexistent"]
     for flag, value in zip(flags, values):
@@ -521,7 +528,7 @@ def test_any_command_line_values_are_a_run_or_one_clear_error(flags, values):
         resolved.append(resolve(config))
         return {"out": resolved[-1].out}
 
-    with mock.patch.object(cli.api, "run", validate_only), mock.patch.object(cli, "print_summary", lambda summary: None):
+    with mock.patch.object(clipfit_api, "run", validate_only), mock.patch.object(report, "print_summary", lambda summary: None):
         try:
             main(args)
         except SystemExit as exit_info:

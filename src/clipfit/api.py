@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import open_clip
@@ -17,6 +18,7 @@ import torch
 from . import data
 from .backbone import Backbone, Preprocess, build_skeleton
 from .config import RunConfig
+from .defaults import default_data_root
 from .engine import OptimConfig
 from .errors import ClipFitError
 from .methods import build_method, get_method
@@ -24,7 +26,7 @@ from .protocols import get_protocol
 from .runner import evaluate_sets, image_datasets, load_run, run
 
 __all__ = ["RunConfig", "OptimConfig", "run", "load_run", "count_parameters", "evaluate_run", "predict", "check_dataset",
-           "list_datasets", "replace_config"]
+           "list_datasets", "list_methods", "list_models", "replace_config"]
 
 
 def replace_config(config: RunConfig, *, optim: dict | None = None, **fields) -> RunConfig:
@@ -52,9 +54,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: 
     """Accuracy of a tuned run: on its own test sets by default, or on another dataset (all its classes)."""
     config, method = load_run(run_dir, device)
     name = dataset or config.dataset
-    root = data_root or (config.data_root if dataset is None else None)
-    if root is None:
-        raise ClipFitError("--data-root is required with --dataset")
+    root = data_root or (config.data_root if dataset is None else str(default_data_root()))
     splits = data.load_dataset(name, root, template=template or (config.template if dataset is None else None))
     method.template = splits.template
     _, test_dataset = image_datasets(method.backbone, config)
@@ -62,8 +62,9 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: 
         protocol = get_protocol(config.protocol)
     else:
         which = split or "all"
+        # All classes are reported as "accuracy", as the few-shot protocol names it.
         protocol = dataclasses.replace(get_protocol("few-shot"), name=which,
-                                       eval_sets=lambda s: {which: data.subsample_classes(s, which)})
+                                       eval_sets=lambda s: {"accuracy" if which == "all" else which: data.subsample_classes(s, which)})
     return evaluate_sets(method, protocol, splits, test_dataset, dataclasses.replace(config, num_workers=0), progress)
 
 
@@ -85,6 +86,45 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, de
 
 def check_dataset(name: str, root: str | Path, decode: bool | None = None):
     return data.check_dataset(name, root, decode=decode)
+
+
+def list_methods() -> dict[str, str]:
+    """Registered method names and the first line of each one's docstring (or its module's)."""
+    import sys
+
+    from .methods import METHODS
+
+    def summary(cls) -> str:
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    return {name: summary(cls) for name, cls in sorted(METHODS.items())}
+
+
+def list_models() -> dict[str, dict[str, bool]]:
+    """Every open_clip architecture (and the built-in mini CLIP) with its pretrained tags, each True where its
+    weights are on this disk already (the Hugging Face cache, open_clip's download folder, the package)."""
+    from .backbone import BUILTIN, BUILTIN_WEIGHTS
+
+    models = {name: {tag: _weights_on_disk(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)}
+              for name in open_clip.list_models()}
+    for name, path in BUILTIN_WEIGHTS.items():
+        models.setdefault(name, {})[BUILTIN] = path.is_file()
+    return models
+
+
+def _weights_on_disk(model: str, tag: str) -> bool:
+    """Whether an open_clip release is cached: in the Hugging Face cache, or in open_clip's own download
+    folder (~/.cache/clip) for the ones it fetches from a URL (OpenAI's)."""
+    import huggingface_hub
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if cfg.get("hf_hub"):
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
 
 
 def list_datasets() -> dict[str, str]:

@@ -412,9 +412,50 @@ def _check_state_dict_pickle(path: Path) -> None:
         raise ValueError(f"its entry {str(not_tensors[0])[:80]!r} is a {type(state[not_tensors[0]]).__name__}, not a tensor")
 
 
+def _model_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights among the tensors of a flat checkpoint file (safetensors), found where open_clip's
+    `load_checkpoint` finds them in a torch.save file: under 'state_dict' when it is a training checkpoint
+    (flattened, its entries are named 'state_dict.<name>' beside the optimizer's), and without the 'module.'
+    prefix DistributedDataParallel puts on every name."""
+    nested = {k[len("state_dict."):]: v for k, v in state.items() if k.startswith("state_dict.")}
+    if nested:
+        state = nested
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _as_open_clip_converts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` changed as open_clip's `load_checkpoint` changes a torch.save file's state dict before loading
+    it, so that a container holds what another may: third-party layouts (MobileCLIP) converted, the old text
+    layout moved under `text.`, `logit_scale`/`logit_bias` reshaped to the model's, a zero `logit_bias` for a
+    SigLIP model, a stale `position_ids` dropped, positional embeddings resized to the model's grid and
+    context length."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, dict(state))
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        own = getattr(model, name, None)
+        if name in state and isinstance(own, torch.Tensor) and state[name].ndim != own.ndim:
+            state[name] = state[name].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    position_ids = "text.transformer.embeddings.position_ids"
+    if position_ids in state and position_ids not in model.state_dict():
+        del state[position_ids]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
+
+
 def _load_state_file(model: nn.Module, path: Path) -> None:
     """Load the weights in `path` into `model`: a safetensors file, a TorchScript archive (OpenAI's .pt
-    files), or a torch.save checkpoint (.pt, .bin, .pth; open_clip converts and loads it). Raises
+    files), or a torch.save checkpoint (.pt, .bin, .pth; open_clip converts and loads it). A safetensors
+    file may hold what a torch.save file may (a training checkpoint's state dict, 'module.' prefixes,
+    the layouts open_clip converts): the formats differ in container only. Raises
     ValueError with a one-line reason for a file that is not one of these or does not fit the model."""
     if path.stat().st_size == 0:
         raise ValueError("the file is empty")
@@ -425,7 +466,14 @@ def _load_state_file(model: nn.Module, path: Path) -> None:
             state = load_file(str(path))
         except SafetensorError as err:
             raise ValueError(f"not a safetensors file ({_one_line(err)})") from err
-        _load_exact(model, state)
+        # A container, like torch.save's: it may hold what a .pt file holds, an open_clip training
+        # checkpoint's 'module.'-prefixed names included.
+        state = _model_weights(state)
+        try:
+            converted = _as_open_clip_converts(model, state)
+        except Exception:  # open_clip's converters assert, index and reshape; all mean "another architecture",
+            converted = state  # which the names and shapes that differ say better than their assertions
+        _load_exact(model, converted)
     elif prefix := _torchscript_prefix(path):
         state = _read_torchscript_state_dict(path, prefix)
         # TorchScript does not record which buffers are persistent, so an archive of an open_clip model also

@@ -8,12 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import api
-from .config import IMAGE_CACHES, RunConfig, default_data_root
-from .demo import DemoConfig, print_demo, run_demo
+from . import __version__, defaults
+from .defaults import IMAGE_CACHES, default_data_root
 from .errors import ClipFitError
-from .report import print_params, print_predictions, print_summary
-from .tables import MiniWorldTableConfig, mini_world_table, to_markdown, update_readme
+
+# The library (torch, open_clip) is imported inside the commands that use it, so that `--help` answers at once.
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -30,50 +29,75 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has a real one (not None, False or an empty list)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+DATA_ROOT_DEFAULT = "default: $CLIPFIT_DATA, else ~/.cache/clipfit/data"
+DATA_ROOT_HELP = f"the folder that holds the datasets ({DATA_ROOT_DEFAULT})"
+
+
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip")
-    p.add_argument("--pretrained", help="open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint file, 'builtin' or 'none'")
+    p.add_argument("--model", help=f"open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip "
+                                   f"(`clipfit models` lists them; default: {defaults.MODEL})")
+    p.add_argument("--pretrained", help=f"open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint "
+                                        f"file, 'builtin' or 'none' (default: {defaults.PRETRAINED})")
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train (or just evaluate, for zeroshot) a method over one or more seeds",
-                       description="Every flag overrides the config file; unset flags keep the paper's defaults (NOTES.md).")
+                       formatter_class=_HelpFormatter,
+                       description="Every flag overrides the config file; unset flags keep the paper's defaults "
+                                   "(the README's Defaults section). --dataset is required (or a --config that names it).")
     p.add_argument("--config", type=Path, help="JSON run config (e.g. a run's config.json); flags override it")
-    p.add_argument("--method", help="clipfit, zeroshot, ...")
+    p.add_argument("--method", help=f"`clipfit methods` lists them (default: {defaults.METHOD})")
     p.add_argument("--option", dest="options", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="method option, e.g. regularizer=bias-mse (repeatable)")
     p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
     _add_backbone_args(p)
     p.add_argument("--dataset", help="a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
-    p.add_argument("--data-root", help="the folder that holds the datasets (the folder itself for imagefolder, the file for csv; "
-                                       "default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
+    p.add_argument("--data-root", help=f"the folder that holds the datasets, the folder itself for imagefolder, the file "
+                                       f"for csv ({DATA_ROOT_DEFAULT})")
     p.add_argument("--cache-dir", help="where few-shot draws are cached (default: beside the dataset, or "
                                        "~/.cache/clipfit/fewshot when the dataset folder is read-only)")
-    p.add_argument("--protocol", help="few-shot (default) or base2new")
-    p.add_argument("--shots", type=int, help="images per class for training (0: all)")
-    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 1 2 3)")
+    p.add_argument("--protocol", help=f"few-shot or base2new (default: {defaults.PROTOCOL})")
+    p.add_argument("--shots", type=int, help=f"images per class for training, 0: all (default: {defaults.SHOTS})")
+    p.add_argument("--seeds", type=int, nargs="+", help=f"one run per seed (default: {' '.join(map(str, defaults.SEEDS))})")
     p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the method's for the dataset; CLIPFit: 100, 10 for ImageNet and Food101)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: 0.002)")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction,
                    help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)")
     p.add_argument("--image-cache", choices=IMAGE_CACHES,
                    help="decoded (default, exact): keep decoded full-resolution training images within --image-cache-mb; "
                         "resized-approximate: keep them resized to the input size and crop from that (not the "
                         "reference's augmentation); none: decode on every read")
-    p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default {RunConfig.image_cache_mb})")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--num-workers", type=int, help="data-loading processes")
+    p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default: {defaults.IMAGE_CACHE_MB})")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto: a GPU when there is one)")
+    p.add_argument("--num-workers", type=int, help="data-loading processes (default: 0, load in the main process)")
     p.add_argument("--decode", dest="check_images", action=argparse.BooleanOptionalAction,
                    help="decode every image the run reads before training (default: when it reads at most 2,000)")
-    p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default runs/<dataset>-<protocol>-<shots>shot-<method>)")
+    p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default: "
+                                 "runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex digits of the setting>)")
     p.add_argument("--overwrite", action="store_true", help="redo seeds that already finished (default: reuse them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args) -> RunConfig:
-    config = RunConfig.from_file(args.config) if args.config else RunConfig()
+def _config_from_args(args):
+    from . import api
+    from .config import RunConfig
+
+    config = RunConfig.from_file(args.config) if args.config else None
+    if args.dataset is None and config is None:
+        raise ClipFitError("--dataset is required (a name from `clipfit data list`, 'imagefolder' or 'csv'), "
+                           "or a --config that names one")
+    config = config or RunConfig()
     top = {
         "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
@@ -95,6 +119,9 @@ def _config_from_args(args) -> RunConfig:
 
 
 def cmd_train(args) -> None:
+    from . import api
+    from .report import print_summary
+
     config = _config_from_args(args)
     summary = api.run(config, progress=not args.no_progress, overwrite=args.overwrite)
     print_summary(summary)
@@ -102,10 +129,32 @@ def cmd_train(args) -> None:
 
 
 def cmd_params(args) -> None:
+    from . import api
+    from .report import print_params
+
     print_params(args.method, args.model, api.count_parameters(args.method, args.model))
 
 
+def cmd_methods(args) -> None:
+    from . import api
+
+    for name, doc in api.list_methods().items():
+        print(f"{name:20s} {doc}")
+
+
+def cmd_models(args) -> None:
+    from . import api
+
+    for model, tags in api.list_models().items():
+        if args.model and args.model != model:
+            continue
+        listed = ", ".join(f"{tag}{' [on disk]' if on_disk else ''}" for tag, on_disk in tags.items()) or "(no pretrained tags)"
+        print(f"{model:32s} {listed}")
+
+
 def cmd_eval(args) -> None:
+    from . import api
+
     metrics = api.evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root, split=args.split,
                                template=args.template, device=args.device, progress=not args.no_progress)
     for key, value in metrics.items():
@@ -113,12 +162,17 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from . import api
+    from .report import print_predictions
+
     if args.top_k < 1:
         raise ClipFitError(f"--top-k must be a whole number >= 1, got {args.top_k}")
     print_predictions(api.predict(args.run, args.images, top_k=args.top_k, device=args.device))
 
 
 def cmd_data_check(args) -> None:
+    from . import api
+
     report = api.check_dataset(args.dataset, args.data_root or str(default_data_root()), decode=args.decode)
     print(report)
     if not report.ok:
@@ -126,16 +180,22 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_data_list(args) -> None:
+    from . import api
+
     for name, title in api.list_datasets().items():
         print(f"{name:20s} {title}")
 
 
 def cmd_demo(args) -> None:
+    from .demo import DemoConfig, print_demo, run_demo
+
     demo = DemoConfig(task=args.task, data_root=args.data_root or str(default_data_root()), out=args.out, epochs=args.epochs)
     print_demo(demo, run_demo(demo, progress=not args.no_progress))
 
 
 def cmd_table_mini_world(args) -> None:
+    from .tables import MiniWorldTableConfig, mini_world_table, to_markdown, update_readme
+
     table = MiniWorldTableConfig(seeds=args.seeds, epochs=args.epochs, data_root=args.data_root or str(default_data_root()),
                                  out=args.out)
     markdown = to_markdown(table, mini_world_table(table, progress=not args.no_progress))
@@ -147,57 +207,71 @@ def cmd_table_mini_world(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
+    parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in mini CLIP (offline, minutes)")
-    p.add_argument("--task", default=DemoConfig.task, help="a mini-world task: mini_shapes, mini_digits, mini_letters, mini_colors, mini_textures")
-    p.add_argument("--data-root", help="where the generated task is cached (default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
-    p.add_argument("--out", default=DemoConfig.out)
-    p.add_argument("--epochs", type=int, default=DemoConfig.epochs)
-    p.add_argument("--no-progress", action="store_true")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    p = add("demo", help="zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in mini CLIP (offline, seconds)")
+    p.add_argument("--task", default=defaults.DEMO_TASK,
+                   help="a mini-world task with training images: mini_digits, mini_letters, mini_shapes, mini_colors, mini_textures")
+    p.add_argument("--data-root", help=f"where the task is generated ({DATA_ROOT_DEFAULT})")
+    p.add_argument("--out", default=defaults.DEMO_OUT, help="runs go to <out>/<task>/<method>")
+    p.add_argument("--epochs", type=int, default=defaults.DEMO_EPOCHS, help="CLIPFit's training epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("table", help="regenerate a table the README quotes")
+    p = add("table", help="regenerate a table the README quotes")
     table_sub = p.add_subparsers(dest="table", required=True)
-    t = table_sub.add_parser("mini-world", help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
-    t.add_argument("--seeds", type=int, nargs="+", default=MiniWorldTableConfig().seeds)
-    t.add_argument("--epochs", type=int, default=MiniWorldTableConfig.epochs)
-    t.add_argument("--data-root", help="where the tasks are generated (default $CLIPFIT_DATA, else ~/.cache/clipfit/data)")
-    t.add_argument("--out", default=MiniWorldTableConfig.out, help="run folders; finished runs are reused")
+    t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
+                             help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
+    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS), help="CLIPFit's seeds")
+    t.add_argument("--epochs", type=int, default=defaults.TABLE_EPOCHS, help="CLIPFit's training epochs")
+    t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
+    t.add_argument("--out", default=defaults.TABLE_OUT, help="run folders; finished runs are reused")
     t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_table_mini_world)
 
-    p = sub.add_parser("params", help="count a method's trainable parameters on a backbone (no weights needed)")
-    p.add_argument("--method", default="clipfit")
-    p.add_argument("--model", default="ViT-B-16")
+    p = add("params", help="count a method's trainable parameters on a backbone (no weights needed)")
+    p.add_argument("--method", default=defaults.METHOD, help="`clipfit methods` lists them")
+    p.add_argument("--model", default=defaults.MODEL, help="an open_clip architecture (`clipfit models` lists them)")
     p.set_defaults(func=cmd_params)
+
+    p = add("methods", help="the registered methods")
+    p.set_defaults(func=cmd_methods)
+
+    p = add("models", help="open_clip architectures and their pretrained tags, marked [on disk] where the weights are cached")
+    p.add_argument("--model", help="only this architecture")
+    p.set_defaults(func=cmd_models)
 
     _train_parser(sub)
     sub.choices["train"].set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a finished run (its own test sets, or another dataset)")
+    p = add("eval", help="evaluate a finished run (its own test sets, or another dataset)")
     p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
-    p.add_argument("--data-root")
+    p.add_argument("--data-root", help="with --dataset: " + DATA_ROOT_HELP)
     p.add_argument("--split", choices=["all", "base", "new"], help="which classes (default: the run's protocol, or all for another dataset)")
-    p.add_argument("--template")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--template", help="prompt template with {} (default: the run's, or the other dataset's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify image files with a tuned run")
-    p.add_argument("--run", required=True, type=Path)
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p = add("predict", help="classify image files with a tuned run")
+    p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("data", help="datasets: list them, check what is on disk")
+    p = add("data", help="datasets: list them, check what is on disk")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    c = data_sub.add_parser("check", help="report what is present and, for what is missing, the exact path expected")
-    c.add_argument("--dataset", required=True)
-    c.add_argument("--data-root", help="default $CLIPFIT_DATA, else ~/.cache/clipfit/data")
+    c = data_sub.add_parser("check", formatter_class=_HelpFormatter,
+                            help="report what is present and, for what is missing, the exact path expected")
+    c.add_argument("--dataset", required=True, help="a name from `clipfit data list`, 'imagefolder' or 'csv'")
+    c.add_argument("--data-root", help=DATA_ROOT_HELP)
     c.add_argument("--decode", action=argparse.BooleanOptionalAction,
                    help="decode every image and report each unreadable one (default: when the dataset has at most 2,000)")
     c.set_defaults(func=cmd_data_check)
@@ -211,6 +285,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Class names and paths are printed whatever the terminal's encoding: what it cannot show is escaped.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning  # one line a warning, not Python's file:line and source
     try:

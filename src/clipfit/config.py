@@ -11,22 +11,11 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from . import defaults
 from .data.samples import check_template
+from .defaults import IMAGE_CACHES
 from .engine import PRECISIONS, OptimConfig
 from .errors import ClipFitError
-
-
-# Training-image caches. "decoded" (default, exact): decoded full-resolution images are kept within
-# `image_cache_mb`, so crops and flips are the reference transform's, bit for bit. "resized-approximate":
-# images are kept resized to the model's input size on the short side, and random crops are cut from
-# that instead of the full-resolution file (faster, less memory, not the reference's augmentation).
-# "none": decode every image on every read.
-IMAGE_CACHES = ("decoded", "resized-approximate", "none")
-def default_data_root() -> Path:
-    """$CLIPFIT_DATA, else ~/.cache/clipfit/data: where datasets are looked for and mini tasks generated."""
-    return Path(os.environ.get("CLIPFIT_DATA") or Path.home() / ".cache" / "clipfit" / "data").expanduser()
 
 
 # Fields of configs written by earlier versions, and how they read today.
@@ -35,10 +24,10 @@ LEGACY_FIELDS = {"cache_images": lambda on: {"image_cache": "resized-approximate
 
 @dataclass
 class RunConfig:
-    method: str = "clipfit"
+    method: str = defaults.METHOD
     method_options: dict = field(default_factory=dict)
-    model: str = "ViT-B-16"
-    pretrained: str = "openai"
+    model: str = defaults.MODEL
+    pretrained: str = defaults.PRETRAINED
     dataset: str = "imagefolder"
     # The folder holding the datasets (for imagefolder the folder itself, for csv the file); None:
     # $CLIPFIT_DATA, else ~/.cache/clipfit/data (where the mini world's tasks are generated).
@@ -46,9 +35,9 @@ class RunConfig:
     # Where few-shot draws are cached; None: beside the dataset, or under ~/.cache/clipfit/fewshot when the
     # dataset folder is read-only. Not part of the run's identity (the draw is the same wherever cached).
     cache_dir: str | None = None
-    protocol: str = "few-shot"
-    shots: int = 16
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    protocol: str = defaults.PROTOCOL
+    shots: int = defaults.SHOTS
+    seeds: list[int] = field(default_factory=lambda: list(defaults.SEEDS))
     # None: the dataset's own template (NOTES.md).
     template: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -60,8 +49,9 @@ class RunConfig:
     image_cache: str = "decoded"
     # Memory budget of the "decoded" cache, in MiB (per data-loading process); images past it are
     # decoded on every read. A 500x375 photo takes 0.72 MiB (PIL keeps 4 bytes a pixel).
-    image_cache_mb: int = 4096
-    # "bf16": autocast the forward passes to bfloat16 (trainable parameters and optimiser state stay fp32).
+    image_cache_mb: int = defaults.IMAGE_CACHE_MB
+    # fp32; bf16 or fp16 (with loss scaling): autocast the forward passes, parameters and optimiser state in
+    # fp32; fp16-reference: the CLIP's weights in fp16, as CoOp-family code trains. Every loss term is fp32.
     precision: str = "fp32"
     num_workers: int = 0
     device: str = "auto"
@@ -84,7 +74,7 @@ class RunConfig:
     def from_file(cls, path: str | Path) -> RunConfig:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ClipFitError(f"config file not found: {path}") from None
         except json.JSONDecodeError as err:
@@ -180,6 +170,25 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_device(device: str) -> str:
+    """``device`` ("auto", "cpu", "cuda", "cuda:3", ...) as torch names it, once this machine has it;
+    `ClipFitError` naming what was asked and what is available otherwise. "auto": a GPU when there is one."""
+    import torch
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    available = ", ".join(["cpu", *(f"cuda:{i}" for i in range(cuda))])
+    try:
+        asked = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ClipFitError(f"device must be auto, cpu, cuda, cuda:N or another torch device, got {device!r} "
+                           f"(available here: {available})") from None
+    if asked.type == "cuda" and (asked.index or 0) >= cuda:
+        raise ClipFitError(f"device {device!r} is not on this machine (available here: {available})")
+    return device
+
+
 def validate(config: RunConfig) -> None:
     """Every value of ``config`` checked before anything runs; `ClipFitError` naming the field otherwise."""
 
@@ -237,10 +246,7 @@ def validate(config: RunConfig) -> None:
     if config.precision not in PRECISIONS:
         raise bad("precision", config.precision, f"one of {', '.join(PRECISIONS)}")
     if config.device != "auto":
-        try:
-            torch.device(config.device)
-        except (RuntimeError, ValueError):
-            raise bad("device", config.device, "auto, cpu, cuda, cuda:N or another torch device") from None
+        check_device(config.device)
     if config.template is not None:
         check_template(config.template)
     if config.out is not None and Path(config.out).expanduser().exists() and not Path(config.out).expanduser().is_dir():

@@ -7,36 +7,49 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from .config import RunConfig, default_data_root
+from . import defaults
+from .config import RunConfig
 from .engine import OptimConfig
+from .errors import ClipFitError
 from .runner import run
+from .world.tasks import WORLD_TASKS
 
 
 @dataclass
 class DemoConfig:
-    # Digits: zero-shot clearly above chance (29% over 10 classes) but far from perfect, as on a real
-    # downstream task; the README's table has every task, the ones where CLIPFit loses included.
-    task: str = "mini_digits"
-    data_root: str = field(default_factory=lambda: str(default_data_root()))
-    out: str = "runs/demo"
+    task: str = defaults.DEMO_TASK
+    data_root: str = field(default_factory=lambda: str(defaults.default_data_root()))
+    out: str = defaults.DEMO_OUT
     shots: int = 16
     seed: int = 1
-    epochs: int = 100
+    epochs: int = defaults.DEMO_EPOCHS
     batch_size: int = 32
 
 
+def demo_folder(demo: DemoConfig, method: str) -> Path:
+    """Each task's demo has a folder of its own: `<out>/<task>/<method>`."""
+    return Path(demo.out) / demo.task / method
+
+
 def run_demo(demo: DemoConfig, progress: bool = True) -> list[dict]:
-    """Zero-shot and CLIPFit on the same task and seed; returns one row per method."""
+    """Zero-shot and CLIPFit on the same task and seed; returns one row per method. `ClipFitError` for a
+    task that is not a mini-world task with training images."""
+    trainable = [name for name, task in WORLD_TASKS.items() if task.parent is None]
+    if demo.task not in trainable:
+        what = (f"a test-only domain of {WORLD_TASKS[demo.task].parent} (no training images)" if demo.task in WORLD_TASKS
+                else "not a mini-world task")
+        raise ClipFitError(f"demo task {demo.task!r} is {what}; choose one of {', '.join(trainable)}")
     rows = []
     for method in ("zeroshot", "clipfit"):
         config = RunConfig(
             method=method, model="mini-clip", pretrained="builtin", dataset=demo.task, data_root=demo.data_root,
             protocol="base2new", shots=demo.shots, seeds=[demo.seed],
-            optim=OptimConfig(epochs=demo.epochs, batch_size=demo.batch_size), out=f"{demo.out}/{method}",
+            optim=OptimConfig(epochs=demo.epochs, batch_size=demo.batch_size), out=str(demo_folder(demo, method)),
         )
         started = time.time()
         summary = run(config, progress=progress, echo=False, overwrite=True)
@@ -53,4 +66,7 @@ def print_demo(demo: DemoConfig, rows: list[dict]) -> None:
     for row in rows:
         table.add_row(row["method"], f"{row['parameters']:,}", f"{row['base']:.2f}", f"{row['new']:.2f}", f"{row['hm']:.2f}",
                       f"{row['seconds']:.0f} s")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"runs: {demo_folder(demo, 'zeroshot')} and {demo_folder(demo, 'clipfit')}; "
+                  f"data: {Path(demo.data_root) / WORLD_TASKS[demo.task].folder}")

@@ -42,15 +42,72 @@ def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
     return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: what autocast does, whether the loss is scaled, what dtype the CLIP's weights hold.
+
+    Under every precision the loss terms, the logits (cosine similarities times the logit scale), the
+    distillation term and the cross-entropy's softmax are computed in fp32 from the features the towers
+    give, outside autocast (`Method.logits`, `Method.training_loss`), and the frozen distillation target
+    is computed by the same forward pass as the tuned features, so that where the tuned weights equal
+    the pretrained ones the two features are bit for bit equal and the term is 0.
+    """
+
+    name: str
+    autocast_dtype: torch.dtype | None  # None: no autocast
+    loss_scaling: bool = False  # a `torch.amp.GradScaler` scales the loss before backward
+    weights_fp16: bool = False  # the CLIP's weights are converted to fp16 in place (the reference's layout)
+    description: str = ""
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", None, description="everything in fp32"),
+        Precision("bf16", torch.bfloat16,
+                  description="bf16 autocast for the towers' matmuls; parameters, gradients and optimiser state fp32"),
+        Precision("fp16", torch.float16, loss_scaling=True,
+                  description="fp16 autocast with dynamic loss scaling (for GPUs without bf16); parameters, "
+                              "gradients and optimiser state fp32"),
+        Precision("fp16-reference", None, weights_fp16=True,
+                  description="the reference's own precision (CoOp/Dassl TRAINER.COOP.PREC = fp16, the default "
+                              "CLIPFit trains with): the CLIP's Conv/Linear/attention weights and projections in "
+                              "fp16, LayerNorms and embeddings fp32, no autocast, no loss scaling; trainable "
+                              "tensors keep their dtype, so SGD updates the fp16 text biases in fp16"),
+    )
+}
+
+
+def get_precision(precision: str) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass; parameters, gradients and optimiser state stay fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    """The autocast context of ``precision`` for the forward passes (a disabled one for fp32 and
+    fp16-reference, whose fp16 weights run in fp16 without it)."""
+    dtype = get_precision(precision).autocast_dtype
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def apply_precision(method: Method, precision: str) -> None:
+    """Put the method's CLIP into the weight layout ``precision`` asks for, before training or evaluation.
+
+    ``fp16-reference`` converts the CLIP in place, as OpenAI's `build_model` (`convert_weights`) leaves it
+    and CoOp-family trainers keep it when `TRAINER.COOP.PREC` is fp16: every Conv and Linear weight and
+    bias, the attention input projections and the text and image projections in fp16; LayerNorms,
+    embeddings and the logit scale in fp32 (open_clip's `convert_weights_to_lp` is that function). For
+    CLIPFit this makes the text MLP biases fp16 tensors that SGD updates in fp16 (an update below half an
+    fp16 ulp of the weight is lost, as in the reference) while the image LayerNorms train in fp32. The
+    conversion rounds the backbone's weights and is not undone: load a fresh backbone for another
+    precision. It runs on a CPU too (fp16 matmuls work there, slowly). Other precisions change nothing.
+    """
+    if not get_precision(precision).weights_fp16:
+        return
+    from open_clip.model import convert_weights_to_lp
+
+    convert_weights_to_lp(method.clip, dtype=torch.float16)
 
 
 def _loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
@@ -99,6 +156,11 @@ def train(
 ) -> list[dict[str, float]]:
     """Train the method's trainable parameters; returns one record per epoch (lr, mean losses).
 
+    ``precision`` is a name of `PRECISIONS`. The frozen distillation target (`Method.prepare_training`)
+    is computed under the same autocast as the training steps, so that it is the very feature the tuned
+    model gives before its first step. Under ``fp16`` the loss is scaled by a `torch.amp.GradScaler`: a
+    step whose gradients overflow is skipped and the scale lowered, as loss scaling does.
+
     Stops with `TrainingDiverged` (naming the epoch and step) at the first non-finite loss or trainable
     parameter, so that a diverged run never writes a result.
     """
@@ -111,10 +173,13 @@ def train(
     if not params:
         raise ValueError(f"method {method.name!r} has nothing to train on this backbone")
     torch.manual_seed(seed)
-    method.prepare_training()
+    device = method.backbone.device
+    apply_precision(method, precision)
+    with autocast(device, precision):
+        method.prepare_training()
+    scaler = torch.amp.GradScaler(device.type) if get_precision(precision).loss_scaling else None
     optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     loader = _loader(dataset, optim.batch_size, train=True, num_workers=num_workers, seed=seed)
-    device = method.backbone.device
     method.train()  # the method's own modules only: the frozen backbone stays in eval mode (Method.train)
     bar = tqdm(total=optim.epochs * len(loader), desc=f"train {method.name}", disable=not progress, unit="step")
     for epoch in range(optim.epochs):
@@ -131,8 +196,13 @@ def train(
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at {where}; no result is written")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # skipped when a gradient overflowed; the scale is then lowered
+                scaler.update()
             bad = next((name for name, p in method.trainable_parameters().items() if not torch.isfinite(p).all()), None)
             if bad is not None:
                 raise TrainingDiverged(f"training diverged: parameter {bad} is not finite after {where}; no result is written")
@@ -153,8 +223,9 @@ def train(
 @torch.no_grad()
 def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True,
                    desc: str = "eval", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over a dataset; the class features are computed once, not per batch."""
+    """Logits (fp32) and labels over a dataset; the class features are computed once, not per batch."""
     method.eval()
+    apply_precision(method, precision)
     device = method.backbone.device
     all_logits, all_labels = [], []
     with autocast(device, precision):

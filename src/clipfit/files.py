@@ -51,6 +51,24 @@ def remove_orphan_temp_files(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def path_from_text(text: str) -> str:
+    """A file path written as text (in a split file, a CSV, a cache) as this process names files.
+
+    Text files here are UTF-8, and so are the names on disk they refer to; Python decodes file names
+    with the locale's encoding, ASCII under ``LC_ALL=C``, where "año/1.jpg" could not be opened as
+    text. Encoding the text as UTF-8 and decoding it as file-name bytes (``os.fsdecode``) names the
+    same file in every locale; in a UTF-8 locale it returns ``text`` unchanged.
+    """
+    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+
+
+def text_from_path(name: str | os.PathLike) -> str:
+    """A file or folder name (or path) as text, its bytes read as UTF-8 whatever the locale: the inverse
+    of ``path_from_text``. Bytes that are not UTF-8 stay as Python's surrogate escapes, so two names
+    never become one."""
+    return os.fsencode(name).decode("utf-8", "surrogateescape")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves half a file.
 

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
 from .backbone import Backbone, load_backbone, weights_fingerprint
-from .config import RunConfig, default_data_root, typed_fields, validate
+from .config import RunConfig, check_device, typed_fields, validate
+from .defaults import default_data_root
 from .data.samples import check_template
-from .engine import evaluate, train
+from .engine import apply_precision, evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config
@@ -53,17 +53,6 @@ NOT_IDENTITY = ("out", "seeds", "cache_dir", "num_workers", "image_cache_mb", "c
 # A run decodes every image it will read before training when it reads at most this many (and always
 # with check_images=True): a broken test image must not surface after the whole training.
 CHECK_IMAGES_UP_TO = 2000
-
-
-def resolve_device(device: str) -> str:
-    """"auto": a GPU when there is one, else the CPU; a device this machine lacks is a `ClipFitError`."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ClipFitError(f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                           f"use --device cpu or auto")
-    return device
 
 
 def setting(config: RunConfig) -> dict:
@@ -146,8 +135,16 @@ def _read_json_object(path: Path, fix: str) -> dict:
     return value
 
 
-def _differs(previous: dict, current: dict) -> list[str]:
-    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+def _differs(previous: dict, current: dict, prefix: str = "") -> list[str]:
+    """The fields whose values differ, nested ones named in full (`optim.epochs`)."""
+    names = []
+    for key in sorted(set(previous) | set(current)):
+        old, new = previous.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and key != "method_options":
+            names += _differs(old, new, f"{prefix}{key}.")
+        elif old != new:
+            names.append(f"{prefix}{key}")
+    return names
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -318,7 +315,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         protocol = get_protocol(config.protocol)
         train_splits = protocol.train_classes(splits)
         if backbone is None:
-            backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
+            backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
         method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
         # The summary and the completion marker go first, so that no crash from here on leaves a seed that
         # looks finished.
@@ -417,7 +414,7 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
     config = resolve(config)
     per_seed_splits = check_data(config)
     # Loading the weights checks the checkpoint before the run folder is created; the first seed trains on them.
-    backbone = load_backbone(config.model, config.pretrained, device=resolve_device(config.device))
+    backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
     _update_summary(config, [], overwrite)  # claim the folder for this setting
     per_seed = []
     for seed in config.seeds:
@@ -449,8 +446,9 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
     if info.weights and info.weights != current:
         raise ClipFitError(f"{run_dir / 'adapter.safetensors'}: trained on {info.model} {info.pretrained} "
                            f"with weights {info.weights}, which now are {current}; retrain it on these weights")
-    backbone = load_backbone(info.model, info.pretrained, device=resolve_device(device))
+    backbone = load_backbone(info.model, info.pretrained, device=check_device(device))
     method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
+    apply_precision(method, config.precision)  # the weight layout the run trained and measured in
     method.load_adapter_state(tensors, source=str(run_dir / "adapter.safetensors"))
     method.eval()
     return config, method

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_write_text
-from .config import RunConfig, default_data_root
+from . import defaults
+from .config import RunConfig
 from .engine import OptimConfig
 from .protocols import harmonic_mean
 from .runner import run
@@ -27,11 +28,11 @@ README_END = "<!-- mini-world-table:end -->"
 @dataclass
 class MiniWorldTableConfig:
     tasks: list[str] = field(default_factory=lambda: list(WORLD_TASKS))
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    seeds: list[int] = field(default_factory=lambda: list(defaults.SEEDS))
     shots: int = 16
-    epochs: int = 100
-    data_root: str = field(default_factory=lambda: str(default_data_root()))
-    out: str = "runs/mini-world-table"
+    epochs: int = defaults.TABLE_EPOCHS
+    data_root: str = field(default_factory=lambda: str(defaults.default_data_root()))
+    out: str = defaults.TABLE_OUT
 
 
 def _setting(table: MiniWorldTableConfig, task: str, method: str, protocol: str, seeds: list[int],
@@ -99,7 +100,7 @@ def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
 
 def update_readme(readme: Path, markdown: str) -> None:
     """Replace the table between the README's markers (written atomically)."""
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     if not pattern.search(text):
         raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to put the table between")

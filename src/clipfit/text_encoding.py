@@ -225,6 +225,13 @@ def _layer_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x * module.gamma if isinstance(module, LayerScale) else x
 
 
+def _softmax_fp32(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax in fp32 whatever the scores' dtype (CUDA's autocast does so for softmax, the CPU's does not;
+    under fp16 weights nothing would). No copy for fp32 scores."""
+    with torch.autocast(scores.device.type, enabled=False):
+        return scores.float().softmax(dim=-1)
+
+
 def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -251,10 +258,10 @@ def _attend(
     if padding is not None:
         scores = scores.masked_fill(padding, float("-inf"))
     if prefix_k is None:
-        return scores.softmax(dim=-1) @ v
+        return _softmax_fp32(scores).to(v.dtype) @ v
     p = prefix_k.shape[1]
     scores = torch.cat([torch.einsum("bhqd,hpd->bhqp", q, prefix_k), scores], dim=-1)
-    probs = scores.softmax(dim=-1)
+    probs = _softmax_fp32(scores).to(v.dtype)
     return probs[..., p:] @ v + torch.einsum("bhqp,hpd->bhqd", probs[..., :p], prefix_v)
 
 
@@ -376,12 +383,24 @@ def encode_truncated(tower: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return _project(tower, x[torch.arange(x.shape[0], device=x.device), eot])
 
 
+def fp32(device: torch.device):
+    """A region computed in fp32: autocast is off inside it (a no-op when none is on)."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def normalize_fp32(features: torch.Tensor) -> torch.Tensor:
+    """`features / |features|` along the last dimension, in fp32 outside autocast, whatever their dtype."""
+    with fp32(features.device):
+        return F.normalize(features.float(), dim=-1)
+
+
 def encode_prompts(model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool = True) -> torch.Tensor:
-    """Normalised text features of `tokens` [prompts, context], equal to open_clip's full-length
-    `model.encode_text` to float tolerance, by the fastest exact path the text tower allows."""
+    """Normalised fp32 text features of `tokens` [prompts, context], equal to open_clip's full-length
+    `model.encode_text` to float tolerance, by the fastest exact path the text tower allows. The tower runs
+    in the precision around it (autocast, or its weights' dtype); the normalisation is done in fp32."""
     tower = text_tower_or_none(model)
     if tower is None or tokens.shape[0] == 0 or not supports_truncation(tower) or not causal_mask_is_plain(tower):
-        return F.normalize(model.encode_text(tokens), dim=-1)
+        return normalize_fp32(model.encode_text(tokens))
     if share_prefix and supports_prefix_sharing(tower):
-        return F.normalize(encode_shared_prefix(tower, tokens), dim=-1)
-    return F.normalize(encode_truncated(tower, tokens), dim=-1)
+        return normalize_fp32(encode_shared_prefix(tower, tokens))
+    return normalize_fp32(encode_truncated(tower, tokens))

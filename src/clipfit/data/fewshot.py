@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from clipfit.errors import ClipFitError, DataError
-from clipfit.files import atomic_write_text
+from clipfit.files import atomic_write_text, text_from_path
 
 from .samples import DatasetSplits, Sample
 
@@ -58,10 +58,12 @@ def classes_short_of(splits: DatasetSplits, shots: int) -> list[tuple[str, int]]
 
 
 def _key(path: Path, base: Path) -> str:
+    """How the cache names an image: its path under ``base`` as text (UTF-8 whatever the locale, so a
+    draw cached under one locale is found under another)."""
     try:
-        return path.relative_to(base).as_posix()
+        return text_from_path(path.relative_to(base).as_posix())
     except ValueError:
-        return path.as_posix()
+        return text_from_path(path.as_posix())
 
 
 def _write_atomic(path: Path, payload: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clipfit.errors import DataError
 
@@ -48,9 +48,14 @@ def _to_8bit(img: Image.Image) -> np.ndarray:
 
 
 def _decode_rgb(path) -> Image.Image:
-    """The image at ``path`` fully decoded as 8-bit RGB; raises whatever PIL or NumPy raises."""
+    """The image at ``path`` fully decoded as 8-bit RGB, upright as its EXIF orientation says; raises
+    whatever PIL or NumPy raises."""
     with Image.open(path) as img:
         img.load()
+        # Cameras store a photo as the sensor read it and record the turn in the EXIF orientation tag
+        # (6: turn 90 degrees clockwise to view); viewers apply it, so the label was given to the turned image.
+        # In place, so a TIFF keeps the tags _to_8bit reads.
+        ImageOps.exif_transpose(img, in_place=True)
         # PIL's convert("RGB") clips these modes' values to 0..255 instead of scaling them: a 16-bit
         # photo would come out almost all white.
         if img.mode == "I" or img.mode == "F" or img.mode.startswith("I;16"):
@@ -72,7 +77,8 @@ def _reason(path, exc: BaseException) -> str:
 
 
 def open_image(path) -> Image.Image:
-    """The image at ``path`` as 8-bit RGB, fully decoded.
+    """The image at ``path`` as 8-bit RGB, fully decoded, and upright: the EXIF orientation a camera
+    records (a JPEG, PNG, TIFF or WebP taken with the phone turned) is applied, as viewers apply it.
 
     Grayscale, palette, CMYK and alpha images are converted by PIL; 16-bit, 32-bit integer and float
     grayscale images are first scaled to 8 bits by their bit depth (see ``_to_8bit``: 16-bit values

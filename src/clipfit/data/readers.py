@@ -3,6 +3,9 @@
 A reader takes the data root and the dataset's spec and returns ``DatasetSplits``; it lists and
 parses, it does not open images (``ImageDataset`` does that; ``check_dataset`` counts missing files
 and decodes). Anything malformed raises ``DataError`` naming the file and the row or field at fault.
+Every text file is read as UTF-8 whatever the locale, and the paths it lists name the files whose
+names are those UTF-8 bytes (``path_from_text``); class names taken from folder names are those
+names' bytes read as UTF-8 (``text_from_path``), so that "año" is one class under ``LC_ALL=C`` too.
 Split files and CSVs are read alike: a UTF-8 BOM is accepted, an image listed twice is refused (it
 would be drawn twice into a few-shot set, or sit in train and test), and class names that differ only
 in case, underscores or spacing are kept apart with a warning.
@@ -19,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from clipfit.errors import DataError
+from clipfit.files import path_from_text, text_from_path
 
 from .registry import DatasetSpec, Expectation
 from .samples import DEFAULT_TEMPLATE, DatasetSplits, Sample, clean_classname
@@ -209,7 +213,7 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
     _warn_lookalike_classnames([names[i][0] for i in range(len(names))], path)
     classnames = [clean_classname(names[i][0]) for i in range(len(names))]
     out = {
-        split: [Sample(image_dir / rel, label, classnames[label]) for rel, label in samples[split]]  # type: ignore[misc]
+        split: [Sample(image_dir / path_from_text(rel), label, classnames[label]) for rel, label in samples[split]]  # type: ignore[misc]
         for split in SPLITS
     }
     return classnames, out
@@ -294,7 +298,7 @@ def read_fgvc(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetS
             if variant not in label_of:
                 raise DataError(f"{f}:{lineno}: variant {variant!r} is not in {variants_file}")
             label = label_of[variant]
-            samples.append(Sample(d / "images" / f"{image_id}.jpg", label, classnames[label]))
+            samples.append(Sample(d / "images" / path_from_text(f"{image_id}.jpg"), label, classnames[label]))
         out[split] = samples
     return DatasetSplits(
         spec.name, classnames, spec.template, out["train"], out["val"], out["test"], d / FEWSHOT_DIRNAME
@@ -332,15 +336,17 @@ def read_imagenet_classnames(root: Path) -> tuple[list[str], list[str]]:
 
 
 def _wnid_folders(folder: Path, wnids: list[str], classnames_file: Path) -> dict[str, list[Path]]:
-    """Images of each wnid sub-folder of ``folder``; every folder must be a listed wnid."""
+    """Images of each wnid sub-folder of ``folder`` (keyed by the folder's name as text); every folder
+    must be a listed wnid."""
     if not folder.is_dir():
         raise DataError(f"{folder} not found")
     known = set(wnids)
     found: dict[str, list[Path]] = {}
     for sub in _subdirs(folder):
-        if sub.name not in known:
-            raise DataError(f"{sub}: folder {sub.name!r} is not a wnid listed in {classnames_file}")
-        found[sub.name] = list_images(sub)
+        wnid = text_from_path(sub.name)
+        if wnid not in known:
+            raise DataError(f"{sub}: folder {wnid!r} is not a wnid listed in {classnames_file}")
+        found[wnid] = list_images(sub)
     return found
 
 
@@ -469,16 +475,17 @@ def read_imagefolder(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> D
             )
         for split in sorted(present):
             for cls in _subdirs(root / split):
-                per_split[split][cls.name] = list_images(cls)
+                per_split[split][text_from_path(cls.name)] = list_images(cls)
         raw_classes = sorted(per_split["train"])
         for split in ("val", "test"):
             for cls in sorted(per_split[split]):
                 if cls not in per_split["train"]:
                     raise DataError(f"{root / split / cls}: class {cls!r} has no folder in {root / 'train'}")
     else:
-        raw_classes = [p.name for p in subdirs]
+        folder_of = {text_from_path(p.name): p for p in subdirs}
+        raw_classes = sorted(folder_of)
         for cls in raw_classes:
-            for split, paths in _stratified_split(list_images(root / cls), cls, split_seed).items():
+            for split, paths in _stratified_split(list_images(folder_of[cls]), cls, split_seed).items():
                 per_split[split][cls] = paths
     if not raw_classes:
         raise DataError(f"image folder {root} has no class sub-folders")
@@ -527,7 +534,7 @@ def read_csv(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetSp
         rel, label = row[0].strip(), row[1].strip()
         if not rel or not label:
             raise DataError(f"CSV file {path}:{lineno}: empty path or label in {row}")
-        p = Path(os.path.abspath(base / os.path.expanduser(rel)))
+        p = Path(os.path.abspath(base / os.path.expanduser(path_from_text(rel))))
         if p in seen:
             raise DataError(f"CSV file {path}:{lineno}: {rel!r} is already listed at line {seen[p]}")
         seen[p] = lineno

@@ -17,6 +17,7 @@ from torch import nn
 from ..backbone import Backbone
 from ..data.samples import check_template
 from ..errors import ClipFitError
+from ..text_encoding import fp32, normalize_fp32
 
 
 @dataclass
@@ -102,18 +103,38 @@ class Method(nn.Module):
     def prepare_training(self) -> None:
         """Compute once, before the first step, whatever the loss compares against."""
 
+    # Precision. The towers run in whatever precision the engine's autocast (or fp16 weights) gives; every
+    # feature is normalised, every cosine similarity and logit and every loss term computed in fp32 from
+    # there, outside autocast, for every method: a bf16 cosine is rounded to 2^-9 near 1, which would turn
+    # a distillation term of order 1e-5 into rounding noise (and the CPU's autocast, unlike CUDA's, keeps
+    # softmax and normalisation in bf16).
+
     def class_features(self) -> torch.Tensor:
+        """Unit-norm fp32 text features of the class prompts [classes, dim]."""
         return self.backbone.encode_text(self.prompt_tokens)
 
+    def _image_input_dtype(self, images: torch.Tensor) -> torch.dtype:
+        """The dtype the image tower's first Conv/Linear holds (fp16 under the reference's fp16 weights,
+        where the input must match it, as CoOp casts `image.type(self.dtype)`)."""
+        for module in self.clip.visual.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                return module.weight.dtype
+        return images.dtype
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode_image(images)
+        """Unit-norm fp32 image features [batch, dim]."""
+        return normalize_fp32(self.clip.encode_image(images.to(self._image_input_dtype(images))))
 
     def logits(self, images: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
-        return self.backbone.logit_scale * self.image_features(images) @ class_features.t()
+        """logit_scale * cos(image, class), in fp32 whatever the autocast around it."""
+        image_features = self.image_features(images)
+        with fp32(image_features.device):
+            return self.backbone.logit_scale.float() * image_features.float() @ class_features.float().t()
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.logits(images, self.class_features())
-        loss = F.cross_entropy(logits, labels)
+        with fp32(logits.device):
+            loss = F.cross_entropy(logits, labels)
         return loss, {"ce": loss.item()}
 
     def adapter_state(self) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..backbone import image_layernorms, text_mlp_output_projections
 from ..errors import ClipFitError
+from ..text_encoding import fp32, normalize_fp32
 from .base import Method, MethodConfig, register_method, select_parameters
 
 REGULARIZERS = ("kd", "bias-mse", "none")
@@ -102,26 +103,43 @@ class CLIPFit(Method):
     def prepare_training(self):
         """The distillation target: the class text features of the *pretrained* model for the current
         classes, computed once per training run (the official `CustomCLIP` computes them once, from the
-        untouched CLIP, when it is built)."""
+        untouched CLIP, when it is built).
+
+        The engine calls it under the training steps' autocast, so the target comes from the same forward
+        pass (same precision, same kernels) as the tuned features: before the first update the two are
+        bit for bit equal and the term is exactly 0, under bf16 and fp16 as in fp32. It is kept in fp32.
+        """
         with torch.no_grad(), self._pretrained_weights():
-            self.pretrained_class_features = self.class_features().detach()
+            self.pretrained_class_features = self.class_features().detach().float()
 
     def regularization(self, class_features: torch.Tensor) -> torch.Tensor:
-        if self.config.regularizer == "kd":
-            cos = F.cosine_similarity(class_features, self.pretrained_class_features, dim=-1)
-            return 1.0 - cos.mean()
-        if self.config.regularizer == "bias-mse":
-            tuned = torch.cat([p.flatten() for p in self.text_biases.values()])
-            pretrained = torch.cat([self.pretrained_values[name].flatten() for name in self.text_biases])
-            return F.mse_loss(tuned, pretrained)
-        return class_features.new_zeros(())
+        """The regulariser, in fp32 (outside autocast) whatever the precision of the forward pass.
+
+        ``kd``: 1 - mean_i cos(w_i, w_i_clip), computed as mean_i |w^_i - w^_i_clip|^2 / 2 on the unit
+        vectors w^ (equal to 1 - cos for unit vectors: |a - b|^2 = 2 - 2 a.b). The two agree in exact
+        arithmetic and have the same gradient; the squared form is a sum of squares, so it is never
+        negative in floating point, and it keeps its relative accuracy near 0 where 1 - cos, a difference
+        of two numbers near 1, is rounded to a multiple of 2^-24 (fp32) and can come out negative.
+        """
+        with fp32(class_features.device):
+            if self.config.regularizer == "kd":
+                tuned = normalize_fp32(class_features)
+                pretrained = normalize_fp32(self.pretrained_class_features)
+                return 0.5 * (tuned - pretrained).pow(2).sum(dim=-1).mean()
+            if self.config.regularizer == "bias-mse":
+                tuned = torch.cat([p.flatten().float() for p in self.text_biases.values()])
+                pretrained = torch.cat([self.pretrained_values[name].flatten().float() for name in self.text_biases])
+                return F.mse_loss(tuned, pretrained)
+            return class_features.new_zeros((), dtype=torch.float32)
 
     def training_loss(self, images, labels):
         if self.pretrained_class_features is None:
             raise ClipFitError("clipfit: prepare_training() must run before the first step")
-        # One text pass feeds both the logits and the distillation term.
+        # One text pass feeds both the logits and the distillation term; both, and the loss, in fp32.
         class_features = self.class_features()
-        ce = F.cross_entropy(self.logits(images, class_features), labels)
+        logits = self.logits(images, class_features)
+        with fp32(logits.device):
+            ce = F.cross_entropy(logits, labels)
         reg = self.regularization(class_features)
         loss = ce + self.config.beta * reg
         return loss, {"ce": ce.item(), self.config.regularizer: reg.item()}

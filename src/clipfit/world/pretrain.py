@@ -190,7 +190,8 @@ def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int = 3600, batch_
     final = _save(model, out, cfg, losses, wall)
     plot_curve(losses, curve, f"mini-clip pretraining (seed {seed}, final {final:.3f})")
     curve.with_suffix(".json").write_text(json.dumps({"config": asdict(cfg), "wall_seconds": wall,
-                                                      "final_loss": final, "losses": losses}))
+                                                      "final_loss": final, "losses": losses}),
+                                           encoding="utf-8")
     checkpoint.unlink(missing_ok=True)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), loss curve {curve}, {wall / 60:.1f} min, "
           f"final loss {final:.3f}")

@@ -239,8 +239,8 @@ def generate_task(name: str, root: Path | str) -> Path:
                 rel = f"{_class_dir(classname)}/{s}_{n:03d}.png"
                 render_example(task, s, label, n).save(tmp / "images" / rel, optimize=False)
                 split[s].append([rel, label, classname])
-    (tmp / task.split_file).write_text(json.dumps(split, indent=1))
-    (tmp / VERSION_FILE).write_text(json.dumps({"task": task.name, "version": task.version}))
+    (tmp / task.split_file).write_text(json.dumps(split, indent=1), encoding="utf-8")
+    (tmp / VERSION_FILE).write_text(json.dumps({"task": task.name, "version": task.version}), encoding="utf-8")
     if final.exists():  # drawn by an older renderer: set it aside, then swap the new one in
         stale = root / f".{task.folder}.stale-{os.getpid()}"
         os.replace(final, stale)
