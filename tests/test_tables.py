@@ -15,10 +15,16 @@ def test_markdown_has_a_row_per_task_and_a_mean_over_tasks_with_training_data():
     rows = [row("mini_a", 40.0, 50.0), row("mini_b", 60.0, 70.0),
             {"task": "mini_a_sketch", "classes": 10, "zeroshot_all": 12.5, "test_domain_of": "mini_a"}]
     lines = to_markdown(MiniWorldTableConfig(seeds=[1, 2]), rows).splitlines()
-    assert "seeds 1 2" in lines[0]
+    assert "CLIPFit 16-shot, 100 epochs" in lines[0] and "mean ± std over seeds 1 2" in lines[0]
     assert lines[2] == "| mini_a | 10 | 40.0 | 40.0 / 40.0 / 40.0 | 50.0±1.0 / 50.0±2.0 / 50.0±0.5 |"
     assert lines[4] == "| mini_a_sketch | 10 | 12.5 | test domain of mini_a | |"
     assert lines[5] == "| **mean** (tasks with training data; HM of the mean Base and New) | | 50.0 | 50.0 / 50.0 / 50.0 | 60.0 / 60.0 / 60.0 |"
+
+
+def test_one_seed_shows_no_spread_and_other_epochs_are_named():
+    lines = to_markdown(MiniWorldTableConfig(seeds=[1], epochs=7), [row("mini_a", 40.0, 50.0)]).splitlines()
+    assert "CLIPFit 16-shot, 7 epochs" in lines[0] and "(seed 1;" in lines[0] and "±" not in lines[0]
+    assert lines[2] == "| mini_a | 10 | 40.0 | 40.0 / 40.0 / 40.0 | 50.0 / 50.0 / 50.0 |"
 
 
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path):

@@ -70,11 +70,18 @@ def mini_world_table(table: MiniWorldTableConfig, progress: bool = True) -> list
 
 def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
     seeds = " ".join(str(s) for s in table.seeds)
+    several = len(table.seeds) > 1
+    spread = f"mean ± std over seeds {seeds}" if several else f"seed {seeds}"
     lines = [
         f"| task | classes | zero-shot (all classes) | zero-shot Base / New / HM | "
-        f"CLIPFit Base / New / HM (mean ± std over seeds {seeds}; HM of the mean Base and New, ± its per-seed std) |",
+        f"CLIPFit {table.shots}-shot, {table.epochs} epochs: Base / New / HM ({spread}; HM of the mean Base and New"
+        f"{', ± its per-seed std' if several else ''}) |",
         "|---|---:|---:|---:|---:|",
     ]
+
+    def cell(value: float, std: float) -> str:  # one seed has no spread to show
+        return f"{value:.1f}±{std:.1f}" if several else f"{value:.1f}"
+
     full = [row for row in rows if "test_domain_of" not in row]
     for row in rows:
         if "test_domain_of" in row:
@@ -84,7 +91,7 @@ def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
         z, c, s = row["zeroshot"], row["clipfit"], row["clipfit_std"]
         lines.append(
             f"| {row['task']} | {row['classes']} | {row['zeroshot_all']:.1f} | {z['base']:.1f} / {z['new']:.1f} / {z['hm']:.1f} | "
-            f"{c['base']:.1f}±{s['base']:.1f} / {c['new']:.1f}±{s['new']:.1f} / {c['hm']:.1f}±{s['hm']:.1f} |"
+            f"{cell(c['base'], s['base'])} / {cell(c['new'], s['new'])} / {cell(c['hm'], s['hm'])} |"
         )
     n = len(full)
     mean = {m: {k: sum(r[m][k] for r in full) / n for k in ("base", "new")} for m in ("zeroshot", "clipfit")}
