@@ -80,6 +80,9 @@ def _train_parser(sub) -> None:
                         "reference's augmentation); none: decode on every read")
     p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default: {defaults.IMAGE_CACHE_MB})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto: a GPU when there is one)")
+    p.add_argument("--precision", help="fp32 (default); bf16, or fp16 with loss scaling: autocast forward passes; "
+                                       "fp16-reference: the CLIP's weights in fp16, as CoOp-family code trains. "
+                                       "Every loss term is computed in fp32")
     p.add_argument("--num-workers", type=int, help="data-loading processes (default: 0, load in the main process)")
     p.add_argument("--decode", dest="check_images", action=argparse.BooleanOptionalAction,
                    help="decode every image the run reads before training (default: when it reads at most 2,000)")
@@ -103,7 +106,7 @@ def _config_from_args(args):
         "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
         "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
         "hflip": args.hflip, "image_cache": args.image_cache, "image_cache_mb": args.image_cache_mb,
-        "cache_dir": args.cache_dir, "check_images": args.check_images,
+        "cache_dir": args.cache_dir, "check_images": args.check_images, "precision": args.precision,
     }
     optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)

@@ -3,8 +3,9 @@
     run(config) -> resolve defaults, validate, check the data a run will read -> run_seed per seed
                 -> summary.json, merged over every finished seed of the setting
 
-A run folder (`--out`) holds one setting (every config field but the output path, the seeds and the
-few-shot cache's location), claimed by its `summary.json`. A seed folder is written by one process at
+A run folder (`--out`) holds one setting (every config field but those in NOT_IDENTITY: the output
+path, the seeds, and what moves no number, such as the data-loading processes), claimed by its
+`summary.json`. A seed folder is written by one process at
 a time (a lock on `<out>/.seedN.lock` that the kernel drops when its holder dies) and is finished only
 when its `metrics.json`, written last, names the SHA-256 of the `config.json` and `adapter.safetensors`
 beside it; a rerun reuses a finished seed of the same setting and recipe, redoes an unfinished one or
@@ -21,7 +22,6 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-
 
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
