@@ -564,3 +564,85 @@ def test_an_empty_test_split_stops_the_run_before_training(eurosat_root, tmp_pat
     assert err == (f"clipfit: error: dataset 'eurosat' at {eurosat_root}: the test split of 'new' is empty; "
                    f"`clipfit data check --dataset eurosat --data-root {eurosat_root}` says what is there")
     assert not (tmp_path / "run").exists()
+
+
+# Issue 11: the command line as users meet it ------------------------------------------------------------
+
+def test_zero_shot_on_a_test_only_dataset_needs_no_draw_and_notes_what_it_ignores(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
+    main(["train", "--method", "zeroshot", "--model", "mini-clip", "--pretrained", "builtin", "--dataset",
+          "mini_shapes_sketch", "--epochs", "5", "--beta", "2", "--seeds", "1", "--no-progress", "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert "clipfit: note: zeroshot does not train; ignoring --epochs, --beta" in captured.err
+    assert json.loads((tmp_path / "run" / "seed1" / "metrics.json").read_text())["accuracy_n"] == 300
+    assert not list((tmp_path / "data").rglob("shot_*.json"))  # nothing drawn
+
+
+def test_the_cli_imports_no_torch_until_a_command_needs_it():
+    code = ("import sys, clipfit.cli; from clipfit.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_train_without_a_dataset_says_it_is_required(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train"])
+    assert capsys.readouterr().err.strip() == ("clipfit: error: --dataset is required (a name from `clipfit data list`, "
+                                               "'imagefolder' or 'csv'), or a --config that names one")
+    assert list(tmp_path.iterdir()) == []
+
+
+def all_parsers(parser, path=()):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, (*path, name))
+
+
+def test_every_option_of_every_command_has_a_help_line():
+    from clipfit.cli import build_parser
+
+    missing = [f"{' '.join(path)} {action.option_strings or action.dest}" for path, parser in all_parsers(build_parser())
+               for action in parser._actions if not action.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["demo"], ["table", "mini-world"], ["params"],
+                                     ["models"], ["methods"], ["data", "check"], ["data", "list"]])
+def test_every_help_shows_defaults_and_cites_no_file_users_lack(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NOTES.md" not in text and "(default: None)" not in text
+    if command == ["train"]:
+        assert "(default: clipfit)" in text and "(default: 16)" in text and "(default: 1 2 3)" in text
+    if command == ["predict"]:
+        assert "(default: 5)" in text
+
+
+def test_version_methods_and_models_list_what_exists(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"clipfit {__import__('clipfit').__version__}"
+    main(["methods"])
+    listed = capsys.readouterr().out
+    assert listed.splitlines()[0].startswith("clipfit") and "zeroshot" in listed
+    main(["models", "--model", "mini-clip"])
+    assert capsys.readouterr().out.split() == ["mini-clip", "builtin", "[on", "disk]"]
+
+
+def test_the_demo_refuses_a_test_only_task_and_keeps_each_task_in_its_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
+    with pytest.raises(SystemExit):
+        main(["demo", "--task", "mini_shapes_sketch", "--out", str(tmp_path / "demo")])
+    assert "demo task 'mini_shapes_sketch' is a test-only domain of mini_shapes (no training images)" in capsys.readouterr().err
+    main(["demo", "--task", "mini_colors", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert (tmp_path / "demo" / "mini_colors" / "clipfit" / "seed1" / "metrics.json").is_file()
+    assert f"runs: {tmp_path / 'demo' / 'mini_colors' / 'zeroshot'}" in out.replace("\n", "")
+    assert str(tmp_path / "data" / "mini_colors") in out.replace("\n", "")
+    assert "base-to-new on mini_colors | mini-clip (builtin) | 16 shots | seed 1\n" in out  # a heading, not wrapped

@@ -115,17 +115,28 @@ def _config_from_args(args):
     if twice:
         raise ClipFitError(f"--option {twice[0]} is given more than once")
     options.update(dict(args.options))
-    if args.beta is not None:
+    from .methods import get_method
+
+    if args.beta is not None and get_method(args.method or config.method).trains:  # else ignored, with a note
         options["beta"] = args.beta
     return api.replace_config(config, method_options=options, optim={k: v for k, v in optim.items() if v is not None},
                               **{k: v for k, v in top.items() if v is not None})
 
 
+# Flags that only mean something to a method that trains.
+TRAINING_FLAGS = ("shots", "epochs", "batch_size", "lr", "beta", "hflip", "image_cache", "image_cache_mb")
+
+
 def cmd_train(args) -> None:
     from . import api
+    from .methods import get_method
     from .report import print_summary
 
     config = _config_from_args(args)
+    if not get_method(config.method).trains:
+        ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) is not None]
+        if ignored:
+            print(f"clipfit: note: {config.method} does not train; ignoring {', '.join(ignored)}", file=sys.stderr)
     summary = api.run(config, progress=not args.no_progress, overwrite=args.overwrite)
     print_summary(summary)
     print(f"results: {Path(summary['out']) / 'summary.json'}")
@@ -211,7 +222,7 @@ def cmd_table_mini_world(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="the command (each has --help)")
 
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
@@ -226,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = add("table", help="regenerate a table the README quotes")
-    table_sub = p.add_subparsers(dest="table", required=True)
+    table_sub = p.add_subparsers(dest="table", required=True, help="which table")
     t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
                              help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS), help="CLIPFit's seeds")
@@ -270,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = add("data", help="datasets: list them, check what is on disk")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
+    data_sub = p.add_subparsers(dest="data_command", required=True, help="check or list")
     c = data_sub.add_parser("check", formatter_class=_HelpFormatter,
                             help="report what is present and, for what is missing, the exact path expected")
     c.add_argument("--dataset", required=True, help="a name from `clipfit data list`, 'imagefolder' or 'csv'")

@@ -60,13 +60,16 @@ def run_demo(demo: DemoConfig, progress: bool = True) -> list[dict]:
 
 
 def print_demo(demo: DemoConfig, rows: list[dict]) -> None:
-    table = Table(title=f"base-to-new on {demo.task} | mini-clip (builtin) | {demo.shots} shots | seed {demo.seed}")
+    # The heading is its own line: a rich table title wraps at the table's width, mid-phrase.
+    heading = f"base-to-new on {demo.task} | mini-clip (builtin) | {demo.shots} shots | seed {demo.seed}"
+    table = Table()
     for column in ("method", "trainable params", "Base", "New", "HM", "time"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(row["method"], f"{row['parameters']:,}", f"{row['base']:.2f}", f"{row['new']:.2f}", f"{row['hm']:.2f}",
                       f"{row['seconds']:.0f} s")
     console = Console()
+    console.print(heading, style="bold")
     console.print(table)
     console.print(f"runs: {demo_folder(demo, 'zeroshot')} and {demo_folder(demo, 'clipfit')}; "
                   f"data: {Path(demo.data_root) / WORLD_TASKS[demo.task].folder}")

@@ -11,7 +11,8 @@ COLUMN_TITLES = {"accuracy": "Accuracy", "base": "Base", "new": "New", "hm": "HM
 
 
 def print_params(method: str, model: str, counts: dict) -> None:
-    table = Table(title=f"{method} on {model}: trainable parameters")
+    console.print(f"{method} on {model}: trainable parameters", style="bold")  # a table title would wrap mid-phrase
+    table = Table()
     table.add_column("group")
     table.add_column("parameters", justify="right")
     for group, n in counts["groups"].items():
@@ -28,8 +29,9 @@ def summary_columns(summary: dict) -> list[str]:
 
 def print_summary(summary: dict) -> None:
     columns = summary_columns(summary)
-    table = Table(title=f"{summary['method']} | {summary['model']} ({summary['pretrained']}) | {summary['dataset']} | "
-                        f"{summary['protocol']} | {summary['shots']} shots")
+    console.print(f"{summary['method']} | {summary['model']} ({summary['pretrained']}) | {summary['dataset']} | "
+                  f"{summary['protocol']} | {summary['shots']} shots", style="bold")  # a table title would wrap mid-phrase
+    table = Table()
     table.add_column("seed")
     for column in columns:
         table.add_column(COLUMN_TITLES.get(column, column), justify="right")

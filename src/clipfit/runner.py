@@ -228,7 +228,11 @@ def fewshot_cache_dir(config: RunConfig, splits: data.DatasetSplits, seed: int) 
 
 
 def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
+    """The dataset with this seed's few-shot draw; a method that does not train needs no draw (and a
+    test-only dataset has nothing to draw from)."""
     splits = data.load_dataset(config.dataset, config.data_root, template=config.template)
+    if not get_method(config.method).trains:
+        return splits
     return data.fewshot(splits, config.shots, seed, cache_dir=fewshot_cache_dir(config, splits, seed))
 
 
@@ -331,7 +335,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         if config.image_cache == "resized-approximate":
             log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
                 "model's input size, not from the full-resolution files as the reference transform does")
-        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 else []:
+        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 and method.trains else []:
             log(f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: all are used (as Dassl does)")
         log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
         started = time.time()
