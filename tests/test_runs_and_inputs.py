@@ -646,3 +646,28 @@ def test_the_demo_refuses_a_test_only_task_and_keeps_each_task_in_its_folder(tmp
     assert f"runs: {tmp_path / 'demo' / 'mini_colors' / 'zeroshot'}" in out.replace("\n", "")
     assert str(tmp_path / "data" / "mini_colors") in out.replace("\n", "")
     assert "base-to-new on mini_colors | mini-clip (builtin) | 16 shots | seed 1\n" in out  # a heading, not wrapped
+
+
+def test_every_command_shares_one_data_root(eurosat_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPFIT_DATA", str(eurosat_root))
+    main(["data", "check", "--dataset", "eurosat"])
+    assert f"dataset 'eurosat' under {eurosat_root}: OK" in capsys.readouterr().out
+    main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1"))
+    capsys.readouterr()
+    main(["eval", "--run", str(tmp_path / "run" / "seed1"), "--dataset", "eurosat", "--no-progress"])
+    assert "accuracy_n: 16" in capsys.readouterr().out  # all 4 classes' test images, found under $CLIPFIT_DATA
+
+
+def test_class_names_print_in_a_terminal_that_cannot_show_them(tmp_path):
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("path,label,split\na.png,año,train\nb.png,café,train\nc.png,año,test\nd.png,café,test\n",
+                        encoding="utf-8")
+    api.run(RunConfig(model=TINY_MODEL, pretrained="none", dataset="csv", data_root=str(csv_file), shots=1, seeds=[1],
+                      optim=OptimConfig(epochs=1), out=str(tmp_path / "run")), progress=False, echo=False)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([*CLI, "predict", "--run", str(tmp_path / "run" / "seed1"), str(tmp_path / "c.png")],
+                          capture_output=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert b"a\\xf1o" in done.stdout and b"caf\\xe9" in done.stdout  # escaped, not a UnicodeEncodeError

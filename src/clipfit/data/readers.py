@@ -110,15 +110,31 @@ def _warn_lookalike_classnames(raw_names: list[str], where: Path) -> None:
         first.setdefault(key, raw)
 
 
-def _unique_classnames(raw_names: list[str], where: Path) -> list[str]:
+def _unique_classnames(
+    raw_names: list[str], where: Path, ids: list[str] | None = None, fix: str = ""
+) -> list[str]:
+    """The class names prompts use (``clean_classname``), in the order given. Refuses (``DataError``
+    naming both classes and ``where``) a name that becomes empty, and two classes that become the same
+    name: their prompts would be identical and the later class could never be predicted. ``ids`` names
+    each class in the message (``"label 3"``, ``"wnid n01440764, line 5"``); ``fix`` is appended to it.
+    Warns of names that differ only in case, underscores or spacing (``_warn_lookalike_classnames``)."""
     cleaned = [clean_classname(r) for r in raw_names]
-    seen: dict[str, str] = {}
-    for raw, name in zip(raw_names, cleaned):
+    seen: dict[str, int] = {}
+    for i, (raw, name) in enumerate(zip(raw_names, cleaned)):
+        who = f"{raw!r} ({ids[i]})" if ids else repr(raw)
         if not name:
-            raise DataError(f"{where}: class name {raw!r} is empty")
+            raise DataError(f"{where}: class name {who} is empty")
         if name in seen:
-            raise DataError(f"{where}: classes {seen[name]!r} and {raw!r} both become {name!r}")
-        seen[name] = raw
+            j = seen[name]
+            first = f"{raw_names[j]!r} ({ids[j]})" if ids else repr(raw_names[j])
+            detail = (
+                ": their prompts would be identical and the later class could never be predicted; "
+                f"give each its own name in {where}{fix}"
+                if ids
+                else ""
+            )
+            raise DataError(f"{where}: classes {first} and {who} both become {name!r}{detail}")
+        seen[name] = i
     _warn_lookalike_classnames(raw_names, where)
     return cleaned
 
@@ -210,8 +226,9 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
                 f"split file {path}: no row has label {label} (labels run 0..{max(names)}); "
                 "labels must be 0..n-1 without gaps"
             )
-    _warn_lookalike_classnames([names[i][0] for i in range(len(names))], path)
-    classnames = [clean_classname(names[i][0]) for i in range(len(names))]
+    classnames = _unique_classnames(
+        [names[i][0] for i in range(len(names))], path, [f"label {i}, first at {names[i][1]}" for i in range(len(names))]
+    )
     out = {
         split: [Sample(image_dir / path_from_text(rel), label, classnames[label]) for rel, label in samples[split]]  # type: ignore[misc]
         for split in SPLITS
@@ -317,22 +334,50 @@ def _classnames_expectation(root: Path) -> Expectation:
     )
 
 
+# What a refusal of two ImageNet classes with one name adds: how to name them apart.
+_IMAGENET_NAMES_FIX = (
+    " (CoOp's classnames.txt, whose names are CLIP's, names ImageNet's look-alike classes apart: "
+    "n02012849 'crane bird' and n03126707 'construction crane', n03710637 'maillot' and "
+    "n03710721 'one-piece bathing suit')"
+)
+
+
 def read_imagenet_classnames(root: Path) -> tuple[list[str], list[str]]:
-    """(wnids, class names) from ``<root>/imagenet/classnames.txt``, in label order."""
+    """(wnids, class names) from ``<root>/imagenet/classnames.txt``, in label order.
+
+    Lines are ``<wnid> <class name>`` (CoOp's file). A name holding commas is taken for a WordNet
+    synonym list (``n01440764 tench, Tinca tinca``, as ``LOC_synset_mapping.txt`` has it): its first
+    name is used, with one warning. Two classes with the same name are refused (``_unique_classnames``).
+    """
     path = root / IMAGENET_CLASSNAMES
     wnids: list[str] = []
     raw: list[str] = []
+    ids: list[str] = []
+    synonym_example = ""
     for lineno, line in _read_lines(path):
         wnid, _, name = line.partition(" ")
-        if not name.strip():
+        name = name.strip()
+        if not name:
             raise DataError(f"{path}:{lineno}: {line!r} is not '<wnid> <class name>'")
         if wnid in wnids:
             raise DataError(f"{path}:{lineno}: wnid {wnid!r} is listed twice")
+        if "," in name:
+            first = name.split(",")[0].strip()
+            if not first:
+                raise DataError(f"{path}:{lineno}: {line!r} is not '<wnid> <class name>'")
+            synonym_example = synonym_example or f"{wnid} {name!r} -> {first!r}"
+            name = first
         wnids.append(wnid)
-        raw.append(name.strip())
+        raw.append(name)
+        ids.append(f"wnid {wnid}, line {lineno}")
     if not wnids:
         raise DataError(f"{path} lists no classes")
-    return wnids, [clean_classname(r) for r in raw]
+    if synonym_example:
+        warnings.warn(
+            f"{path}: class names are WordNet synonym lists; taking the first name of each "
+            f"(e.g. {synonym_example}), as CoOp's classnames.txt names them"
+        )
+    return wnids, _unique_classnames(raw, path, ids, _IMAGENET_NAMES_FIX)
 
 
 def _wnid_folders(folder: Path, wnids: list[str], classnames_file: Path) -> dict[str, list[Path]]:
