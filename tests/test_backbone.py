@@ -95,7 +95,7 @@ def test_offline_pretrained_tag_fails_at_once_in_one_line(tmp_path, eurosat_root
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--model", "ViT-B-16", "--pretrained", "openai", "--method", "zeroshot", "--shots", "4",
+        main(["train", "--model", "ViT-B-16", "--pretrained", "openai", "--method", "zeroshot",
               "--dataset", "eurosat", "--data-root", str(eurosat_root), "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()

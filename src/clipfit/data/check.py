@@ -10,7 +10,7 @@ from clipfit.errors import DataError
 
 from .images import unreadable_images
 from .readers import SPLITS, misplaced_hint
-from .registry import _absolute, get_spec
+from .registry import Expectation, _absolute, get_spec
 from .samples import Sample
 
 MISSING_SHOWN = 5
@@ -48,9 +48,16 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
     spec = get_spec(name)
     root = _absolute(root)
     report = DataCheckReport(name, root)
-    for exp in spec.expected(root, spec):
-        present = exp.path.is_dir() if exp.kind == "dir" else exp.path.is_file()
-        if present:
+    expected = spec.expected(root, spec)
+    if spec.prepare is not None and not all(_present(exp) for exp in expected):
+        # Generated, not downloaded (the mini world's tasks): `clipfit train` / `demo` write it on first use.
+        report.lines.append(
+            f"note     not generated yet: {spec.data_dir(root)} is generated on first use "
+            "(by `clipfit train` or `clipfit demo`); nothing to download"
+        )
+        return report
+    for exp in expected:
+        if _present(exp):
             report.lines.append(f"present  {exp.path}  ({exp.description})")
             continue
         report.ok = False
@@ -59,9 +66,14 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
             hint = misplaced_hint(root, spec, exp.path)
             if hint:
                 report.lines.append(f"         {hint.lstrip('; ')}")
-        elif exp.kind == "dir" and exp.path.parent.is_dir():
-            near = [p for p in exp.path.parent.iterdir() if p.name.lower() == exp.path.name.lower() and p != exp.path]
-            if near:
+        elif exp.kind == "dir":
+            hint = exp.hint() if exp.hint is not None else ""
+            near = []
+            if not hint and exp.path.parent.is_dir():
+                near = [p for p in exp.path.parent.iterdir() if p.name.lower() == exp.path.name.lower() and p != exp.path]
+            if hint:
+                report.lines.append(f"         {hint}")
+            elif near:
                 report.lines.append(f"         found {near[0]} instead: rename it to {exp.path.name}")
     if not report.ok:
         return report
@@ -104,6 +116,10 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
         absent = set(missing)  # already reported above
         _report_decoding(report, [s for s in samples if s.path not in absent], len(listed) - len(absent))
     return report
+
+
+def _present(exp: Expectation) -> bool:
+    return exp.path.is_dir() if exp.kind == "dir" else exp.path.is_file()
 
 
 def _report_decoding(report: DataCheckReport, samples: list[Sample], n_images: int) -> None:

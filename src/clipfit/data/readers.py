@@ -20,6 +20,7 @@ import os
 import random
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from clipfit.errors import DataError
 from clipfit.files import path_from_text, text_from_path
@@ -58,6 +59,78 @@ def list_images(folder: Path) -> list[Path]:
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _flat_images(folder: Path) -> int:
+    """How many image files lie directly in ``folder`` (not in its sub-folders)."""
+    if not folder.is_dir():
+        return 0
+    return sum(
+        1
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def _flat_images_error(folder: Path, n: int, expected: str, note: str = "") -> DataError:
+    """One line: ``n`` images lie directly in ``folder``, where ``expected`` sub-folders are expected."""
+    n_dirs = len([d for d in _subdirs(folder) if d.name != FEWSHOT_DIRNAME])
+    return DataError(
+        f"{folder} holds {n} image file(s) directly and {n_dirs} sub-folder(s): expected {expected} "
+        f"holding its images, so these would belong to no class; move each into its class's folder{note}"
+    )
+
+
+def _class_folder_hint(expected: Path, is_class: Callable[[str], bool], what: str) -> str:
+    """Where the class folders (``is_class`` on their names) of ``expected`` are, when ``expected`` holds
+    none: one level down (``expected/x/``), one level up (in ``expected``'s parent, or a folder of the
+    same name beside that parent) or beside it (a sibling folder, or a sibling's folder of the same
+    name); "" if nowhere near."""
+    candidates: list[Path] = []
+    if expected.is_dir():
+        candidates += _subdirs(expected)
+    parent = expected.parent
+    if parent.is_dir():
+        candidates.append(parent)
+        # A sibling named like a split (train/ beside val/) is another split, not a misplaced copy.
+        siblings = [d for d in _subdirs(parent) if d != expected and d.name not in SPLITS]
+        candidates += [d / expected.name for d in siblings] + siblings
+        candidates.append(parent.parent / expected.name)  # one level up by name (imagenet/val)
+    for c in candidates:
+        if c == expected or not c.is_dir():
+            continue
+        n = sum(1 for d in _subdirs(c) if is_class(text_from_path(d.name)))
+        if n:
+            return f"found {n} {what} folder(s) in {c} instead: move them to {expected}"
+    return ""
+
+
+# A split file's or list's images are looked for elsewhere when none of this many listed first exists.
+PROBE_IMAGES = 20
+
+
+def relocated_images_hint(base: Path, rels: list[str]) -> str:
+    """When none of the first ``PROBE_IMAGES`` of ``rels`` (paths relative to ``base``) exists: where
+    they are instead, one folder up, down or beside (the same relative paths), as one line naming that
+    folder and how many of them it holds; "" when some exist or they are nowhere near."""
+    probe = rels[:PROBE_IMAGES]
+    if not probe or any(os.path.isfile(base / path_from_text(r)) for r in probe):
+        return ""
+    candidates: list[Path] = []
+    if base.is_dir():
+        candidates += [d for d in _subdirs(base) if d.name != FEWSHOT_DIRNAME]  # one level too deep
+    parent = base.parent
+    if parent.is_dir():
+        candidates.append(parent)  # one level up
+        siblings = [d for d in _subdirs(parent) if d != base and d.name != FEWSHOT_DIRNAME]
+        candidates += [d / base.name for d in siblings] + siblings  # a nested copy, or a renamed folder
+    for c in candidates:
+        if c == base or not c.is_dir():
+            continue
+        if any(os.path.isfile(c / path_from_text(r)) for r in probe):
+            n = sum(1 for r in rels if os.path.isfile(c / path_from_text(r)))
+            return f"found {n} of its {len(rels)} images under {c} instead: move them to {base}"
+    return ""
 
 
 def _rng(purpose: str, seed: int, key: str) -> random.Random:
@@ -153,11 +226,29 @@ def expect_coop_split(root: Path, spec: DatasetSpec) -> list[Expectation]:
     data_dir = spec.data_dir(root)
     image_dir = data_dir / spec.image_dir
     where = f"{spec.image_dir}/" if spec.image_dir else "the dataset folder"
+    split_path = data_dir / str(spec.split_file)
     return [
         Expectation(data_dir, f"dataset folder of {spec.title or spec.name}", "dir"),
-        Expectation(data_dir / str(spec.split_file), split_file_description(spec)),
-        Expectation(image_dir, f"image folder {where}: the split file's paths are relative to it", "dir"),
+        Expectation(split_path, split_file_description(spec)),
+        Expectation(
+            image_dir,
+            f"image folder {where}: the split file's paths are relative to it",
+            "dir",
+            hint=lambda: _split_images_hint(split_path, image_dir),
+        ),
     ]
+
+
+def _split_images_hint(split_path: Path, image_dir: Path) -> str:
+    """``relocated_images_hint`` for a split file's images; "" if the split file does not parse."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, samples = parse_coop_split(split_path, image_dir)
+    except DataError:
+        return ""
+    rels = [os.path.relpath(s.path, image_dir) for split in SPLITS for s in samples[split]]
+    return relocated_images_hint(image_dir, rels)
 
 
 def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Sample]]]:
@@ -242,7 +333,14 @@ def read_coop_split(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> Da
     if not path.is_file():
         hint = misplaced_hint(root, spec, path)
         raise DataError(f"dataset {spec.name!r}: {split_file_description(spec)} is missing at {path}{hint}")
-    classnames, s = parse_coop_split(path, data_dir / spec.image_dir)
+    image_dir = data_dir / spec.image_dir
+    classnames, s = parse_coop_split(path, image_dir)
+    listed = [x.path for split in SPLITS for x in s[split]]
+    hint = ""
+    if listed and not any(os.path.isfile(p) for p in listed[:PROBE_IMAGES]):  # cheap first: nothing to look for
+        hint = relocated_images_hint(image_dir, [os.path.relpath(p, image_dir) for p in listed])
+    if hint:
+        raise DataError(f"dataset {spec.name!r}: none of the images {path.name} lists is under {image_dir}; {hint}")
     return DatasetSplits(
         spec.name, classnames, spec.template, s["train"], s["val"], s["test"], data_dir / FEWSHOT_DIRNAME
     )
@@ -269,7 +367,7 @@ def expect_fgvc(root: Path, spec: DatasetSpec) -> list[Expectation]:
     d = spec.data_dir(root)
     out = [
         Expectation(d, "dataset folder of FGVC-Aircraft (its data/ folder, renamed)", "dir"),
-        Expectation(d / "images", "image folder images/: <imageid>.jpg", "dir"),
+        Expectation(d / "images", "image folder images/: <imageid>.jpg", "dir", hint=lambda: _fgvc_images_hint(d)),
         Expectation(d / "variants.txt", "variants.txt: one variant name per line, line order gives the labels"),
     ]
     out += [
@@ -280,6 +378,17 @@ def expect_fgvc(root: Path, spec: DatasetSpec) -> list[Expectation]:
         for s in SPLITS
     ]
     return out
+
+
+def _fgvc_images_hint(d: Path) -> str:
+    """``relocated_images_hint`` for the images FGVC-Aircraft's lists name; "" if none can be read."""
+    rels = []
+    for split in SPLITS:
+        try:
+            rels += [f"{line.partition(' ')[0]}.jpg" for _, line in _read_lines(d / f"images_variant_{split}.txt")]
+        except DataError:
+            pass
+    return relocated_images_hint(d / "images", rels)
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
@@ -317,6 +426,13 @@ def read_fgvc(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetS
             label = label_of[variant]
             samples.append(Sample(d / "images" / path_from_text(f"{image_id}.jpg"), label, classnames[label]))
         out[split] = samples
+    image_dir = d / "images"
+    listed = [x.path for split in SPLITS for x in out[split]]
+    hint = ""
+    if listed and not any(os.path.isfile(p) for p in listed[:PROBE_IMAGES]):
+        hint = relocated_images_hint(image_dir, [p.name for p in listed])
+    if hint:
+        raise DataError(f"dataset {spec.name!r}: none of the images its lists name is under {image_dir}; {hint}")
     return DatasetSplits(
         spec.name, classnames, spec.template, out["train"], out["val"], out["test"], d / FEWSHOT_DIRNAME
     )
@@ -380,14 +496,39 @@ def read_imagenet_classnames(root: Path) -> tuple[list[str], list[str]]:
     return wnids, _unique_classnames(raw, path, ids, _IMAGENET_NAMES_FIX)
 
 
-def _wnid_folders(folder: Path, wnids: list[str], classnames_file: Path) -> dict[str, list[Path]]:
+def _is_wnid_like(name: str) -> bool:
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
+# What a refusal of flat ImageNet images adds: the official val archive is flat.
+_IMAGENET_FLAT_NOTE = (
+    " (ImageNet's official validation archive has no class folders: sort its images into <wnid>/ "
+    "folders by their validation labels, as CoOp's DATASETS.md lays it out)"
+)
+
+
+def _wnid_folders(folder: Path, wnids: list[str], classnames_file: Path, flat_note: str = "") -> dict[str, list[Path]]:
     """Images of each wnid sub-folder of ``folder`` (keyed by the folder's name as text); every folder
-    must be a listed wnid."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} not found")
+    must be a listed wnid. Images lying directly in ``folder`` are refused, and class folders one level
+    off are pointed at (``_class_folder_hint``)."""
     known = set(wnids)
+
+    def is_class(name: str) -> bool:
+        return name in known
+
+    if not folder.is_dir():
+        hint = _class_folder_hint(folder, is_class, "<wnid>")
+        raise DataError(f"{folder} not found" + (f"; {hint}" if hint else ""))
+    subs = _subdirs(folder)
+    if not any(text_from_path(sub.name) in known for sub in subs):
+        hint = _class_folder_hint(folder, is_class, "<wnid>")
+        if hint:
+            raise DataError(f"{folder} holds no <wnid>/ class folder; {hint}")
+    n_flat = _flat_images(folder)
+    if n_flat:
+        raise _flat_images_error(folder, n_flat, "one <wnid>/ folder per class", flat_note)
     found: dict[str, list[Path]] = {}
-    for sub in _subdirs(folder):
+    for sub in subs:
         wnid = text_from_path(sub.name)
         if wnid not in known:
             raise DataError(f"{sub}: folder {wnid!r} is not a wnid listed in {classnames_file}")
@@ -400,8 +541,18 @@ def expect_imagenet(root: Path, spec: DatasetSpec) -> list[Expectation]:
     return [
         Expectation(d, "dataset folder of ImageNet", "dir"),
         _classnames_expectation(root),
-        Expectation(d / "images" / "train", "ImageNet train images, one <wnid>/ folder per class", "dir"),
-        Expectation(d / "images" / "val", "ImageNet val images (the test set here), one <wnid>/ folder per class", "dir"),
+        Expectation(
+            d / "images" / "train",
+            "ImageNet train images, one <wnid>/ folder per class",
+            "dir",
+            hint=lambda: _class_folder_hint(d / "images" / "train", _is_wnid_like, "<wnid>"),
+        ),
+        Expectation(
+            d / "images" / "val",
+            "ImageNet val images (the test set here), one <wnid>/ folder per class",
+            "dir",
+            hint=lambda: _class_folder_hint(d / "images" / "val", _is_wnid_like, "<wnid>"),
+        ),
     ]
 
 
@@ -410,7 +561,7 @@ def read_imagenet(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> Data
     wnids, classnames = read_imagenet_classnames(root)
     cfile = root / IMAGENET_CLASSNAMES
     train_imgs = _wnid_folders(d / "images" / "train", wnids, cfile)
-    test_imgs = _wnid_folders(d / "images" / "val", wnids, cfile)
+    test_imgs = _wnid_folders(d / "images" / "val", wnids, cfile, _IMAGENET_FLAT_NOTE)
     train, val, test = [], [], []
     for label, (wnid, name) in enumerate(zip(wnids, classnames)):
         if wnid not in train_imgs:
@@ -425,7 +576,12 @@ def read_imagenet(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> Data
 def expect_imagenet_v2(root: Path, spec: DatasetSpec) -> list[Expectation]:
     d = spec.data_dir(root)
     return [
-        Expectation(d, "ImageNet-V2 matched-frequency test images, folders 0..999 named by label", "dir"),
+        Expectation(
+            d,
+            "ImageNet-V2 matched-frequency test images, folders 0..999 named by label",
+            "dir",
+            hint=lambda: _class_folder_hint(d, str.isdigit, "<label>"),
+        ),
         _classnames_expectation(root),
     ]
 
@@ -433,10 +589,23 @@ def expect_imagenet_v2(root: Path, spec: DatasetSpec) -> list[Expectation]:
 def read_imagenet_v2(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetSplits:
     d = spec.data_dir(root)
     _, classnames = read_imagenet_classnames(root)
+
+    def is_class(name: str) -> bool:
+        return name.isdigit() and int(name) < len(classnames)
+
     if not d.is_dir():
-        raise DataError(f"{d} not found")
+        hint = _class_folder_hint(d, is_class, "<label>")
+        raise DataError(f"{d} not found" + (f"; {hint}" if hint else ""))
+    subs = _subdirs(d)
+    if not any(is_class(sub.name) for sub in subs):
+        hint = _class_folder_hint(d, is_class, "<label>")
+        if hint:
+            raise DataError(f"{d} holds no <label>/ class folder; {hint}")
+    n_flat = _flat_images(d)
+    if n_flat:
+        raise _flat_images_error(d, n_flat, "one folder per class named by its label 0..999")
     test = []
-    for sub in _subdirs(d):
+    for sub in subs:
         if not sub.name.isdigit() or int(sub.name) >= len(classnames):
             raise DataError(
                 f"{sub}: folder name must be a label 0..{len(classnames) - 1} "
@@ -451,7 +620,12 @@ def read_imagenet_v2(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> D
 def expect_imagenet_sketch(root: Path, spec: DatasetSpec) -> list[Expectation]:
     d = spec.data_dir(root)
     return [
-        Expectation(d, "ImageNet-Sketch test images, one <wnid>/ folder per class", "dir"),
+        Expectation(
+            d,
+            "ImageNet-Sketch test images, one <wnid>/ folder per class",
+            "dir",
+            hint=lambda: _class_folder_hint(d, _is_wnid_like, "<wnid>"),
+        ),
         _classnames_expectation(root),
     ]
 
@@ -505,10 +679,35 @@ def expect_imagefolder(root: Path, spec: DatasetSpec) -> list[Expectation]:
     ]
 
 
+def _imagefolder_classes(folder: Path, data_root: Path, exclude: frozenset[str] = frozenset()) -> list[Path]:
+    """The class folders of ``folder`` (an image folder's root or one of its split folders). Refuses
+    images lying directly in it, and a single folder whose sub-folders look like the classes (a copy
+    nested one level too deep)."""
+    classes = [p for p in _subdirs(folder) if p.name not in exclude]
+    n_flat = _flat_images(folder)
+    if n_flat and not classes:
+        raise DataError(
+            f"image folder {folder} has no class sub-folders; it holds {n_flat} image file(s) directly: "
+            "expected one sub-folder per class holding its images"
+        )
+    if n_flat:
+        raise _flat_images_error(folder, n_flat, "one sub-folder per class")
+    # (at the root, a lone train/ or test/ is a split folder: the split check names what is missing)
+    if len(classes) == 1 and not (folder == data_root and classes[0].name in SPLITS) and not _flat_images(classes[0]):
+        inner = [d for d in _subdirs(classes[0]) if d.name != FEWSHOT_DIRNAME]
+        if inner and any(list_images(d) for d in inner):
+            where = f"pass --data-root {classes[0]}" if folder == data_root else f"move them up to {folder}"
+            raise DataError(
+                f"image folder {folder} holds one folder, {classes[0].name}, with {len(inner)} sub-folder(s) "
+                f"and no image of its own: the class folders look one level too deep; {where}"
+            )
+    return classes
+
+
 def read_imagefolder(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetSplits:
     if not root.is_dir():
         raise DataError(f"image folder {root} not found")
-    subdirs = [p for p in _subdirs(root) if p.name != FEWSHOT_DIRNAME]
+    subdirs = _imagefolder_classes(root, root, frozenset({FEWSHOT_DIRNAME}))
     present = {p.name for p in subdirs} & set(SPLITS)
     per_split: dict[str, dict[str, list[Path]]] = {s: {} for s in SPLITS}
     if present:
@@ -519,7 +718,7 @@ def read_imagefolder(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> D
                 "with split sub-folders, train/ and test/ are required (val/ is optional)"
             )
         for split in sorted(present):
-            for cls in _subdirs(root / split):
+            for cls in _imagefolder_classes(root / split, root):
                 per_split[split][text_from_path(cls.name)] = list_images(cls)
         raw_classes = sorted(per_split["train"])
         for split in ("val", "test"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
@@ -19,11 +19,13 @@ from .samples import DatasetSplits, check_template
 
 @dataclass(frozen=True)
 class Expectation:
-    """One thing ``check_dataset`` looks for on disk, and what it is."""
+    """One thing ``check_dataset`` looks for on disk, and what it is. ``hint``, when given, says in one
+    line where a missing thing is instead (images one folder up or down), or returns ""."""
 
     path: Path
     description: str
     kind: Literal["file", "dir"] = "file"
+    hint: Callable[[], str] | None = field(default=None, compare=False, repr=False)
 
 
 class DatasetReader(Protocol):
@@ -40,6 +42,9 @@ class DatasetSpec:
     ``reader(root, spec, split_seed=...)`` and ``expected(root, spec)`` take the *data root* (the
     folder holding every dataset's folder), not the dataset folder: a few datasets (ImageNet-V2,
     ImageNet-Sketch) borrow files from a sibling folder.
+
+    ``prepare(root)``, for data generated rather than downloaded (the mini world's tasks), writes the
+    dataset folder on first use; ``load_dataset`` calls it, ``check_dataset`` only says it will run.
     """
 
     name: str
