@@ -60,7 +60,7 @@ def _train_parser(sub) -> None:
                    help="method option, e.g. regularizer=bias-mse (repeatable)")
     p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
     _add_backbone_args(p)
-    p.add_argument("--dataset", help="a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
+    p.add_argument("--dataset", help="required: a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
     p.add_argument("--data-root", help=f"the folder that holds the datasets, the folder itself for imagefolder, the file "
                                        f"for csv ({DATA_ROOT_DEFAULT})")
     p.add_argument("--cache-dir", help="where few-shot draws are cached (default: beside the dataset, or "
