@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     table_sub = p.add_subparsers(dest="table", required=True, help="which table")
     t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
                              help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
-    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS), help="CLIPFit's seeds")
+    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
+                   help=f"CLIPFit's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
     t.add_argument("--epochs", type=int, default=defaults.TABLE_EPOCHS, help="CLIPFit's training epochs")
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
     t.add_argument("--out", default=defaults.TABLE_OUT, help="run folders; finished runs are reused")
