@@ -107,7 +107,7 @@ def test_registering_a_different_dataset_under_a_taken_name_fails():
 
 
 def test_unknown_dataset_name_raises_listing_the_known_ones(tmp_path):
-    with pytest.raises(DataError, match=r"unknown dataset 'eurosatt'; known: .*eurosat.*imagefolder"):
+    with pytest.raises(DataError, match=r"unknown dataset 'eurosatt' \(did you mean eurosat\?\); known: .*eurosat.*imagefolder"):
         load_dataset("eurosatt", tmp_path)
 
 

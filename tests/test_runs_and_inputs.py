@@ -310,7 +310,7 @@ def test_results_respect_the_umask_so_colleagues_can_read_them(eurosat_root, tmp
     (["--device", "gpu7"], "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7' (available here: cpu)"),
     (["--pretrained", ""], "pretrained must be an open_clip tag, a checkpoint file, 'builtin' or 'none', got ''"),
     (["--num-workers", "100000"], f"num_workers must be at most {4 * (os.cpu_count() or 1)} (4 per CPU core), got 100000"),
-    (["--option", "beta=nan"], "clipfit: beta must be a finite number >= 0, got nan"),
+    (["--option", "beta=nan"], "method clipfit: beta must be a finite number >= 0, got nan"),
     (["--option", "beta=1", "--option", "beta=2"], "--option beta is given more than once"),
     (["--option", "regularizer=3"], "method 'clipfit': option: field 'regularizer' must be a string, got 3"),
 ])
@@ -671,3 +671,90 @@ def test_class_names_print_in_a_terminal_that_cannot_show_them(tmp_path):
                           capture_output=True, env=env)
     assert done.returncode == 0, done.stderr
     assert b"a\\xf1o" in done.stdout and b"caf\\xe9" in done.stdout  # escaped, not a UnicodeEncodeError
+
+
+# What a second new-user probe found -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu"])
+def test_devices_the_tool_does_not_run_on_are_one_line(eurosat_root, tmp_path, capsys, device):
+    with pytest.raises(SystemExit):
+        main(train_args(eurosat_root, tmp_path / "run", "--device", device))
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clipfit: error: device '{device}' is not supported: use cpu or cuda") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_relative_data_root_is_written_absolute(eurosat_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(eurosat_root.parent)
+    main(train_args(eurosat_root.name, tmp_path / "run", "--seeds", "1", "--epochs", "1"))
+    assert json.loads((tmp_path / "run" / "seed1" / "config.json").read_text())["data_root"] == str(eurosat_root)
+    monkeypatch.chdir(tmp_path)
+    api.evaluate_run(tmp_path / "run" / "seed1", progress=False)  # from another folder, the data is found
+
+
+def test_eval_on_an_image_folder_needs_its_folder(eurosat_root, tmp_path, capsys):
+    main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1"))
+    with pytest.raises(SystemExit):
+        main(["eval", "--run", str(tmp_path / "run" / "seed1"), "--dataset", "imagefolder"])
+    assert "--data-root is required with --dataset imagefolder" in capsys.readouterr().err
+
+
+def test_models_names_close_matches_for_an_unknown_architecture(capsys):
+    with pytest.raises(SystemExit):
+        main(["models", "--model", "ViT-B-61"])
+    assert re.search(r"unknown model 'ViT-B-61' \(close matches: [^)]*ViT-B-16", capsys.readouterr().err)
+
+
+def test_zero_shot_runs_of_any_shots_are_one_setting(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
+    base = ["train", "--method", "zeroshot", "--model", "mini-clip", "--pretrained", "builtin", "--dataset",
+            "mini_shapes_sketch", "--seeds", "1", "--no-progress"]
+    outs = [resolve(RunConfig(method="zeroshot", dataset="mini_shapes_sketch", shots=k)).out for k in (2, 16)]
+    assert outs[0] == outs[1]
+    main([*base, "--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    main([*base, "--shots", "2", "--out", str(tmp_path / "run")])
+    assert "already done, reusing its metrics" in capsys.readouterr().out
+
+
+def test_data_check_points_at_the_right_root_and_at_paths_of_the_wrong_kind(tmp_path, capsys, monkeypatch):
+    from clipfit.world.tasks import generate_task
+
+    folder = generate_task("mini_colors", tmp_path / "data")
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--dataset", "mini_colors", "--data-root", str(folder)])
+    assert f"is the dataset's own folder: pass the folder that holds it, --data-root {folder.parent}" in capsys.readouterr().out
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--dataset", "csv", "--data-root", str(tmp_path / "photos")])
+    assert f"WRONG    {tmp_path / 'photos'} is a folder, not a file" in capsys.readouterr().out
+
+
+def test_training_on_a_test_only_dataset_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "mini-clip", "--pretrained", "builtin", "--dataset", "mini_shapes_sketch", "--seeds", "1"])
+    assert "dataset 'mini_shapes_sketch' is test-only (no training images): train on another dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [[], ["data"], ["eval"], ["train", "--lr", "abc"]])
+def test_usage_errors_are_one_line_too(capsys, args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("clipfit: error: ") and "\n" not in err
+    assert "data_command" not in err and "required: command" not in err
+
+
+def test_a_misspelled_model_is_refused_before_any_data_is_generated(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "mini_clip", "--pretrained", "builtin", "--dataset", "mini_letters"])
+    assert "unknown model 'mini_clip' (close matches: mini-clip" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_unknown_dataset_names_close_matches(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--dataset", "eurosats"])
+    assert "unknown dataset 'eurosats' (did you mean eurosat?)" in capsys.readouterr().err

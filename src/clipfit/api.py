@@ -54,6 +54,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: 
     """Accuracy of a tuned run: on its own test sets by default, or on another dataset (all its classes)."""
     config, method = load_run(run_dir, device)
     name = dataset or config.dataset
+    if dataset in data.GENERIC_FORMATS and data_root is None:
+        raise ClipFitError(f"--data-root is required with --dataset {dataset} (the {'CSV file' if dataset == 'csv' else 'image folder'})")
     root = data_root or (config.data_root if dataset is None else str(default_data_root()))
     splits = data.load_dataset(name, root, template=template or (config.template if dataset is None else None))
     method.template = splits.template

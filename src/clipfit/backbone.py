@@ -119,11 +119,17 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
+def check_model_name(model_name: str) -> None:
+    """`BackboneError` naming close matches unless `model_name` is an open_clip architecture."""
+    if model_name not in open_clip.list_models():
+        raise _unknown_model(model_name)
+
+
 def _unknown_model(model_name: str) -> BackboneError:
     close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5)
     hint = f" (close matches: {', '.join(close)})" if close else ""
     return BackboneError(
-        f"unknown model {model_name!r}{hint}; list them with: python -c \"import open_clip; print(open_clip.list_models())\""
+        f"unknown model {model_name!r}{hint}; `clipfit models` lists them"
     )
 
 

@@ -29,6 +29,13 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors as one line, like every other error of the tool, pointing to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"clipfit: error: {message} (see `{self.prog} --help`)\n")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has a real one (not None, False or an empty list)."""
 
@@ -159,7 +166,12 @@ def cmd_methods(args) -> None:
 def cmd_models(args) -> None:
     from . import api
 
-    for model, tags in api.list_models().items():
+    models = api.list_models()
+    if args.model and args.model not in models:
+        from .backbone import check_model_name
+
+        check_model_name(args.model)  # names close matches
+    for model, tags in models.items():
         if args.model and args.model != model:
             continue
         listed = ", ".join(f"{tag}{' [on disk]' if on_disk else ''}" for tag, on_disk in tags.items()) or "(no pretrained tags)"
@@ -220,9 +232,9 @@ def cmd_table_mini_world(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
+    parser = _Parser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, help="the command (each has --help)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the command (each has --help)")
 
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
@@ -237,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = add("table", help="regenerate a table the README quotes")
-    table_sub = p.add_subparsers(dest="table", required=True, help="which table")
+    table_sub = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
     t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
                              help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
@@ -282,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = add("data", help="datasets: list them, check what is on disk")
-    data_sub = p.add_subparsers(dest="data_command", required=True, help="check or list")
+    data_sub = p.add_subparsers(dest="data_command", metavar="check|list", required=True, help="check or list")
     c = data_sub.add_parser("check", formatter_class=_HelpFormatter,
                             help="report what is present and, for what is missing, the exact path expected")
     c.add_argument("--dataset", required=True, help="a name from `clipfit data list`, 'imagefolder' or 'csv'")

@@ -186,6 +186,8 @@ def check_device(device: str) -> str:
                            f"(available here: {available})") from None
     if asked.type == "cuda" and (asked.index or 0) >= cuda:
         raise ClipFitError(f"device {device!r} is not on this machine (available here: {available})")
+    if asked.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: not what this tool trains and evaluates on
+        raise ClipFitError(f"device {device!r} is not supported: use cpu or cuda (available here: {available})")
     return device
 
 

@@ -72,4 +72,4 @@ def print_demo(demo: DemoConfig, rows: list[dict]) -> None:
     console.print(heading, style="bold")
     console.print(table)
     console.print(f"runs: {demo_folder(demo, 'zeroshot')} and {demo_folder(demo, 'clipfit')}; "
-                  f"data: {Path(demo.data_root) / WORLD_TASKS[demo.task].folder}")
+                  f"data: {Path(demo.data_root) / WORLD_TASKS[demo.task].folder}", soft_wrap=True)  # paths unbroken

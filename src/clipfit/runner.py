@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
-from .backbone import Backbone, load_backbone, weights_fingerprint
+from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
 from .config import RunConfig, check_device, typed_fields, validate
 from .defaults import default_data_root
 from .data.samples import check_template
@@ -55,9 +55,14 @@ NOT_IDENTITY = ("out", "seeds", "cache_dir", "num_workers", "image_cache_mb", "c
 CHECK_IMAGES_UP_TO = 2000
 
 
+# What only a method that trains reads: for one that does not (zero-shot) these are not its identity.
+TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "image_cache")
+
+
 def setting(config: RunConfig) -> dict:
     """The fields that make a run what it is (its identity), as JSON values."""
-    return {k: v for k, v in json.loads(config.to_json()).items() if k not in NOT_IDENTITY}
+    ignored = NOT_IDENTITY + (() if get_method(config.method).trains else TRAINING_ONLY)
+    return {k: v for k, v in json.loads(config.to_json()).items() if k not in ignored}
 
 
 def _sha256(data: bytes) -> str:
@@ -65,10 +70,12 @@ def _sha256(data: bytes) -> str:
 
 
 def default_out(config: RunConfig) -> str:
-    """`runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex of the setting>`: readable, and two
-    settings that differ anywhere (lr, epochs, pretrained weights, options) never share a folder."""
+    """`runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex of the setting>` (no shots for a
+    method that does not train): readable, and two settings that differ anywhere (lr, epochs, pretrained
+    weights, options) never share a folder."""
     digest = _sha256(json.dumps(setting(config), sort_keys=True).encode())[:8]
-    return f"runs/{config.dataset}-{config.protocol}-{config.shots}shot-{config.method}-{config.model}-{digest}"
+    shots = f"{config.shots}shot-" if get_method(config.method).trains else ""  # zero-shot draws nothing
+    return f"runs/{config.dataset}-{config.protocol}-{shots}{config.method}-{config.model}-{digest}"
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -78,6 +85,7 @@ def resolve(config: RunConfig) -> RunConfig:
     get_protocol(config.protocol)
     method_cls = get_method(config.method)
     spec = data.get_spec(config.dataset)
+    check_model_name(config.model)  # before any data is read or generated
     if config.data_root is None and config.dataset in data.GENERIC_FORMATS:
         raise ClipFitError(f"--data-root is required with --dataset {config.dataset} "
                            f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})")
@@ -88,9 +96,11 @@ def resolve(config: RunConfig) -> RunConfig:
     method_config(config.method, options)
     optim_defaults = method_cls.optim_defaults(config.protocol, config.dataset)
     optim = dataclasses.replace(config.optim, **{k: v for k, v in optim_defaults.items() if getattr(config.optim, k) is None})
+    # Paths are written absolute, so that a run folder read from another working folder finds its data.
     resolved = dataclasses.replace(
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
-        data_root=config.data_root or str(default_data_root()), hflip=training_flips(config),
+        data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
+        cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)), hflip=training_flips(config),
     )
     validate(resolved)
     return dataclasses.replace(resolved, out=config.out or default_out(resolved))
@@ -281,6 +291,9 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
     needed: dict[Path, data.Sample] = {}
     for splits in per_seed.values():
         train_splits = protocol.train_classes(splits)
+        if trains and not train_splits.train and data.get_spec(config.dataset).test_only:
+            raise DataError(f"dataset {config.dataset!r} is test-only (no training images): train on another dataset "
+                            f"and evaluate the run on this one: clipfit eval --run <seed folder> --dataset {config.dataset}")
         if trains and not train_splits.train:
             raise DataError(f"dataset {config.dataset!r} at {config.data_root}: the training split is empty; "
                                  f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there")

@@ -49,6 +49,11 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
     root = _absolute(root)
     report = DataCheckReport(name, root)
     expected = spec.expected(root, spec)
+    if spec.prepare is not None and spec.split_file and (root / spec.split_file).is_file():
+        report.ok = False
+        report.lines.append(f"ERROR    {root} is the dataset's own folder: pass the folder that holds it, "
+                            f"--data-root {root.parent}")
+        return report
     if spec.prepare is not None and not all(_present(exp) for exp in expected):
         # Generated, not downloaded (the mini world's tasks): `clipfit train` / `demo` write it on first use.
         report.lines.append(
@@ -61,6 +66,10 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
             report.lines.append(f"present  {exp.path}  ({exp.description})")
             continue
         report.ok = False
+        if exp.path.exists():  # there, but a file where a folder is expected or the reverse
+            wrong = "a folder, not a file" if exp.path.is_dir() else "a file, not a folder"
+            report.lines.append(f"WRONG    {exp.path} is {wrong}  -- expected {exp.description}")
+            continue
         report.lines.append(f"MISSING  {exp.path}  -- {exp.description}")
         if exp.kind == "file" and spec.folder:
             hint = misplaced_hint(root, spec, exp.path)

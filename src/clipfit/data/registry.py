@@ -7,6 +7,7 @@ formats whose ``root`` is the user's own folder or CSV file (see ``GENERIC_FORMA
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +85,10 @@ def register_dataset(spec: DatasetSpec, *, registry: dict[str, DatasetSpec] | No
 def get_spec(name: str) -> DatasetSpec:
     spec = DATASETS.get(name) or GENERIC_FORMATS.get(name)
     if spec is None:
-        known = ", ".join(sorted(DATASETS) + sorted(GENERIC_FORMATS))
-        raise DataError(f"unknown dataset {name!r}; known: {known}")
+        names = sorted(DATASETS) + sorted(GENERIC_FORMATS)
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DataError(f"unknown dataset {name!r}{hint}; known: {', '.join(names)}")
     return spec
 
 

@@ -38,9 +38,9 @@ class CLIPFitConfig(MethodConfig):
 
     def check(self):
         if self.regularizer not in REGULARIZERS:
-            raise ClipFitError(f"clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
+            raise ClipFitError(f"method clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
         if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ClipFitError(f"clipfit: beta must be a finite number >= 0, got {self.beta!r}")
+            raise ClipFitError(f"method clipfit: beta must be a finite number >= 0, got {self.beta!r}")
 
 
 @register_method
@@ -51,7 +51,7 @@ class CLIPFit(Method):
     def __init__(self, backbone, classnames, template, config: CLIPFitConfig):
         config.check()
         if config.beta is None:
-            raise ClipFitError("clipfit: beta is unset; the protocol fills in its default")
+            raise ClipFitError("method clipfit: beta is unset; the protocol fills in its default")
         super().__init__(backbone, classnames, template, config)
         self.text_biases = select_parameters(self.clip, [(linear, "bias") for linear in text_mlp_output_projections(self.clip)])
         self.image_norms = select_parameters(
