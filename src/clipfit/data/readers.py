@@ -216,10 +216,8 @@ def _unique_classnames(
 
 
 def split_file_description(spec: DatasetSpec) -> str:
-    return (
-        f"split file {spec.split_file}: JSON {{train,val,test: [[relpath,label,classname],...]}}, "
-        "from the CoOp repository's DATASETS.md"
-    )
+    where = "written when the task is generated" if spec.prepare is not None else "from the CoOp repository's DATASETS.md"
+    return f"split file {spec.split_file}: JSON {{train,val,test: [[relpath,label,classname],...]}}, {where}"
 
 
 def expect_coop_split(root: Path, spec: DatasetSpec) -> list[Expectation]:
