@@ -22,7 +22,7 @@ from PIL import Image
 from clipfit import api
 from clipfit.cli import main
 from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, TrainingDiverged
+from clipfit.engine import OptimConfig
 from clipfit.errors import ClipFitError
 from clipfit.runner import resolve
 

@@ -21,7 +21,6 @@ from urllib.parse import urlparse
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
@@ -68,9 +67,6 @@ class Backbone:
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(images), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return encode_text(self.model, tokens)

@@ -228,7 +228,7 @@ def _layer_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _softmax_fp32(scores: torch.Tensor) -> torch.Tensor:
     """Softmax in fp32 whatever the scores' dtype (CUDA's autocast does so for softmax, the CPU's does not;
     under fp16 weights nothing would). No copy for fp32 scores."""
-    with torch.autocast(scores.device.type, enabled=False):
+    with fp32(scores.device):
         return scores.float().softmax(dim=-1)
 
 

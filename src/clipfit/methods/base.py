@@ -38,6 +38,7 @@ class Method(nn.Module):
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, config: MethodConfig):
         super().__init__()
+        config.check()
         self.clip = backbone.model
         self.backbone = backbone
         self.template = template

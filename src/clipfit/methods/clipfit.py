@@ -49,7 +49,6 @@ class CLIPFit(Method):
     config_class = CLIPFitConfig
 
     def __init__(self, backbone, classnames, template, config: CLIPFitConfig):
-        config.check()
         if config.beta is None:
             raise ClipFitError("method clipfit: beta is unset; the protocol fills in its default")
         super().__init__(backbone, classnames, template, config)
