@@ -60,7 +60,7 @@ def test_schedule_for_10_epochs_is_dassls_warmup_then_cosine_counted_from_the_en
 def test_schedule_for_100_epochs_steps_torchs_cosine_once_per_epoch_after_the_warmup(warmup):
     # The oracle is torch's own CosineAnnealingLR (T_max = 100), stepped once per epoch after the warm-up,
     # as Dassl's ConstantWarmupScheduler hands over to it.
-    optim = OptimConfig(epochs=100, warmup_epochs=warmup)
+    optim = OptimConfig(epochs=100, lr=0.002, warmup_epochs=warmup)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=optim.lr)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
     expected = [optim.warmup_lr] * warmup

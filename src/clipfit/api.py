@@ -91,16 +91,11 @@ def check_dataset(name: str, root: str | Path, decode: bool | None = None):
 
 
 def list_methods() -> dict[str, str]:
-    """Registered method names and the first line of each one's docstring (or its module's)."""
-    import sys
-
+    """Registered method names, in registration order (CLIPFit and its variants first), and each one's
+    one-line description."""
     from .methods import METHODS
 
-    def summary(cls) -> str:
-        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
-
-    return {name: summary(cls) for name, cls in sorted(METHODS.items())}
+    return {name: cls.description for name, cls in METHODS.items()}
 
 
 def list_models() -> dict[str, dict[str, bool]]:

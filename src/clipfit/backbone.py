@@ -100,6 +100,82 @@ def image_layernorms(model: nn.Module) -> list[nn.LayerNorm]:
     return [m for m in model.visual.modules() if isinstance(m, nn.LayerNorm)]
 
 
+def text_mlp_linears(model: nn.Module) -> list[nn.Linear]:
+    """Both Linear layers of the MLP in every text transformer block (BitFit (c): their biases)."""
+    return [m for block in text_tower(model).transformer.resblocks for m in block.mlp.modules() if isinstance(m, nn.Linear)]
+
+
+def _block_bias_owners(blocks) -> list[tuple[nn.Module, str]]:
+    """(module, attribute) of every bias inside transformer blocks: attention's packed input projection
+    (`in_proj_bias`), every Linear's and LayerNorm's `bias`."""
+    owners = []
+    for block in blocks:
+        for module in block.modules():
+            for attr in ("in_proj_bias", "bias"):
+                if isinstance(getattr(module, attr, None), nn.Parameter):
+                    owners.append((module, attr))
+    return owners
+
+
+def text_block_biases(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every bias inside the text transformer's blocks (BitFit (b), CLIPFit Table 5: 67,584 for ViT-B/16,
+    which counts the blocks' attention, MLP and LayerNorm biases and not `ln_final`)."""
+    return _block_bias_owners(text_tower(model).transformer.resblocks)
+
+
+def image_block_biases(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every bias inside the image tower's transformer blocks (with the text's: BitFit (a), 168,960 for
+    ViT-B/16, Table 5's 0.17M); a ResNet image tower has its BatchNorm and attention-pool biases."""
+    visual = model.visual
+    blocks = visual.transformer.resblocks if hasattr(getattr(visual, "transformer", None), "resblocks") else [visual]
+    return _block_bias_owners(blocks)
+
+
+def vision_width(model: nn.Module) -> int:
+    """Width of the image transformer's tokens (768 for ViT-B/16); `BackboneError` for a ResNet tower."""
+    visual = model.visual
+    if not _is_prompt_ready_vit(visual):
+        raise BackboneError(f"{type(visual).__name__}: visual prompts need an open_clip VisionTransformer with class-token pooling")
+    return int(visual.class_embedding.shape[-1])
+
+
+def _is_prompt_ready_vit(visual: nn.Module) -> bool:
+    return (
+        isinstance(visual, open_clip.transformer.VisionTransformer)
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and not getattr(visual, "final_ln_after_pool", False)
+        and getattr(visual.transformer, "batch_first", True)
+    )
+
+
+def encode_image_prompted(model: nn.Module, images: torch.Tensor, prompts: list[torch.Tensor | None]) -> torch.Tensor:
+    """Unnormalised image features [batch, embed] of an open_clip ViT whose token sequence carries learned
+    prompt tokens, appended after the patch tokens (MaPLe, `clip/model.py` of its official code).
+
+    ``prompts[0]`` [M, width] is appended to [class token, patches] after the positional embedding and
+    before `ln_pre` (positions without a positional embedding); ``prompts[i]`` (i >= 1, when given)
+    replaces the last M tokens as they enter block i; blocks past the list carry them on. The feature is
+    the class token's, as open_clip pools it. `BackboneError` for towers that pool otherwise.
+    """
+    visual = model.visual
+    vision_width(model)  # checks the tower
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    count = prompts[0].shape[0]
+    x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+    x = visual.ln_pre(x)
+    for i, block in enumerate(visual.transformer.resblocks):
+        if 0 < i < len(prompts) and prompts[i] is not None:
+            x = torch.cat([x[:, :-count], prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = block(x)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
 def _supports_truncated_text(tower: nn.Module) -> bool:
     return getattr(tower, "cls_emb", None) is None and getattr(tower, "pool_type", getattr(tower, "text_pool_type", None)) == "argmax"
 

@@ -202,11 +202,11 @@ def validate(config: RunConfig) -> None:
         raise bad("epochs", optim.epochs, "a whole number >= 1")
     for name in ("batch_size",):
         value = getattr(optim, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise bad(name.replace("_", "-"), value, "a whole number >= 1")
     if isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int) or optim.warmup_epochs < 0:
         raise bad("warmup_epochs", optim.warmup_epochs, "a whole number >= 0")
-    if not _finite(optim.lr) or optim.lr <= 0:
+    if optim.lr is not None and (not _finite(optim.lr) or optim.lr <= 0):
         raise bad("lr", optim.lr, "a finite number > 0")
     if not _finite(optim.warmup_lr) or optim.warmup_lr < 0:
         raise bad("warmup_lr", optim.warmup_lr, "a finite number >= 0")

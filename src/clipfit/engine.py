@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +20,25 @@ class OptimConfig:
     """SGD with constant warm-up epochs, then cosine decay over the epochs, stepped per epoch (Dassl's
     `build_lr_scheduler` with `ConstantWarmupScheduler`, as CoOp and CLIPFit configure it: NOTES.md)."""
 
-    # None: the method's default for the protocol and dataset (CLIPFit: 10 for ImageNet and Food101, else 100).
+    # None: the method's default for the protocol, dataset and shots (`Method.optim_defaults`; CLIPFit:
+    # 10 epochs for ImageNet and Food101, else 100, batch 32, lr 0.002), else BATCH_SIZE / LR below.
     epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
+    batch_size: int | None = None
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+
+
+# Dassl's own defaults, for a method that names none.
+BATCH_SIZE, LR = 32, 0.002
+
+
+def complete(optim: OptimConfig, method_defaults: dict | None = None) -> OptimConfig:
+    """``optim`` with every None field filled: the method's defaults first, then Dassl's."""
+    fill = {"batch_size": BATCH_SIZE, "lr": LR, **(method_defaults or {})}
+    return dataclasses.replace(optim, **{k: v for k, v in fill.items() if getattr(optim, k) is None})
 
 
 def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
@@ -37,6 +49,7 @@ def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
     counting when the warm-up ends, so the first epoch after the warm-up runs at the base lr. For T = 10,
     W = 1, lr 0.002: 1e-5, 0.002, 0.0019511, ..., 0.00019098 (Dassl `dassl/optim/lr_scheduler.py`).
     """
+    optim = complete(optim)
     if epoch < optim.warmup_epochs:
         return optim.warmup_lr
     return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
@@ -167,6 +180,7 @@ def train(
     history: list[dict[str, float]] = []
     if not method.trains:
         return history
+    optim = complete(optim)
     if not optim.epochs or optim.epochs < 1:
         raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
@@ -197,10 +211,10 @@ def train(
                 raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at {where}; no result is written")
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
-                loss.backward()
+                method.backward(loss, lambda x: x)
                 optimizer.step()
             else:
-                scaler.scale(loss).backward()
+                method.backward(loss, scaler.scale)
                 scaler.step(optimizer)  # skipped when a gradient overflowed; the scale is then lowered
                 scaler.update()
             bad = next((name for name, p in method.trainable_parameters().items() if not torch.isfinite(p).all()), None)
@@ -223,16 +237,17 @@ def train(
 @torch.no_grad()
 def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True,
                    desc: str = "eval", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (fp32) and labels over a dataset; the class features are computed once, not per batch."""
+    """Logits (fp32) and labels over a dataset; the classifier (class features) is computed once, not per
+    batch, and each image is encoded once."""
     method.eval()
     apply_precision(method, precision)
     device = method.backbone.device
     all_logits, all_labels = [], []
     with autocast(device, precision):
-        class_features = method.class_features()
+        classifier = method.classifier()
         for images, labels in tqdm(batches(_loader(dataset, batch_size, train=False, num_workers=num_workers)), desc=desc,
                                    disable=not progress, unit="batch"):
-            all_logits.append(method.logits(images.to(device), class_features).float().cpu())
+            all_logits.append(method.logits(images.to(device), classifier).float().cpu())
             all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)
 

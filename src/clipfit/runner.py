@@ -23,13 +23,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from . import data
 from .adapter import AdapterInfo, load_adapter, save_adapter
 from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
 from .config import RunConfig, check_device, typed_fields, validate
 from .defaults import default_data_root
 from .data.samples import check_template
-from .engine import apply_precision, evaluate, train
+from .engine import apply_precision, complete, evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config
@@ -91,11 +93,14 @@ def resolve(config: RunConfig) -> RunConfig:
                            f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})")
     template = config.template or spec.template
     check_template(template)
-    options = {**method_cls.protocol_defaults(config.protocol, config.dataset), **config.method_options}
+    if config.protocol == "base2new" and not method_cls.classifies_unseen_classes:
+        raise ClipFitError(f"method {config.method!r} cannot classify classes it did not train on (its classifier is "
+                           "not built from class names), so it has no base-to-new result: use --protocol few-shot")
+    options = {**method_cls.protocol_defaults(config.protocol, config.dataset, config.shots), **method_cls.preset,
+               **config.method_options}
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
-    optim_defaults = method_cls.optim_defaults(config.protocol, config.dataset)
-    optim = dataclasses.replace(config.optim, **{k: v for k, v in optim_defaults.items() if getattr(config.optim, k) is None})
+    optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
     # Paths are written absolute, so that a run folder read from another working folder finds its data.
     resolved = dataclasses.replace(
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
@@ -333,6 +338,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         train_splits = protocol.train_classes(splits)
         if backbone is None:
             backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
+        torch.manual_seed(seed)  # a method's random initialisation (CoOp's context) is the seed's
         method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
         # The summary and the completion marker go first, so that no crash from here on leaves a seed that
         # looks finished.

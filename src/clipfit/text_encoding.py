@@ -76,6 +76,43 @@ class PromptLayout:
         return mask
 
 
+@dataclass(frozen=True)
+class PromptContext:
+    """Learned vectors that replace positions ``start .. start + M - 1`` of every prompt (M = ``vectors[0]``'s
+    first dimension; open_clip's text width D).
+
+    ``vectors[0]`` [M, D] replaces the token embeddings there (before the positional embedding is added:
+    CoOp's context, `prompt_learner.ctx`); ``vectors[i]`` for i >= 1, when given, replaces the hidden states
+    at those positions as they enter block i (MaPLe's deep text prompts, `compound_prompts_text`); a block
+    whose entry is None (or past the list) carries the positions on. The positions must lie in the prefix
+    that every prompt shares, which the placeholder tokens of a prompt learner's template guarantee.
+    """
+
+    vectors: tuple[torch.Tensor | None, ...]
+    start: int = 1  # right after the start-of-text token
+
+    @property
+    def length(self) -> int:
+        return int(self.vectors[0].shape[0])
+
+    def check(self, prefix: int) -> None:
+        if self.start + self.length > prefix:
+            raise ValueError(f"learned context at positions {self.start}..{self.start + self.length - 1} is not inside the "
+                             f"prefix shared by every prompt ({prefix} positions)")
+
+    def at(self, block: int) -> torch.Tensor | None:
+        return self.vectors[block] if block < len(self.vectors) else None
+
+    def splice(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """``x`` [..., positions, D] with the context positions replaced by block ``block``'s vectors."""
+        vectors = self.at(block)
+        if vectors is None:
+            return x
+        end = self.start + self.length
+        vectors = vectors.to(x.dtype).expand(*x.shape[:-2], *vectors.shape)
+        return torch.cat([x[..., : self.start, :], vectors, x[..., end:, :]], dim=-2)
+
+
 def prompt_layout(tokens: torch.Tensor) -> PromptLayout:
     """Analyse a [prompts, context] token tensor (argmax pooling: the EOT token has the highest id)."""
     # Plain tensors even when called under inference mode: the layout's indices are saved for backward
@@ -346,8 +383,18 @@ def _project(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def encode_shared_prefix(tower: nn.Module, tokens: torch.Tensor, layout: PromptLayout | None = None, padded_attention: bool | None = None) -> torch.Tensor:
+def encode_shared_prefix(
+    tower: nn.Module,
+    tokens: torch.Tensor,
+    layout: PromptLayout | None = None,
+    padded_attention: bool | None = None,
+    context: PromptContext | None = None,
+) -> torch.Tensor:
     """Unnormalised features, the shared prefix computed once and the suffixes packed (see the module doc).
+
+    `context` puts learned vectors into the shared prefix (CoOp's `[SOS][ctx_1..ctx_M]`, MaPLe's deep
+    text prompts): they lie inside the prefix every prompt shares, so they are computed once per step,
+    whatever the number of classes, and the gradient reaches them through every prompt's attention.
 
     `padded_attention`: one attention call per block over suffixes padded to the longest, instead of one
     per suffix length. By default on CUDA, where kernel launches dominate these small attention problems,
@@ -363,9 +410,17 @@ def encode_shared_prefix(tower: nn.Module, tokens: torch.Tensor, layout: PromptL
     rows = embedding(layout.suffix_tokens).to(dtype) + positional[layout.suffix_positions].to(dtype)
     prefix = None
     if layout.prefix:
-        prefix = embedding(layout.prefix_tokens).to(dtype) + positional[: layout.prefix].to(dtype)
+        prefix = embedding(layout.prefix_tokens).to(dtype)
+        if context is not None:
+            context.check(layout.prefix)
+            prefix = context.splice(prefix, 0)
+        prefix = prefix + positional[: layout.prefix].to(dtype)
+    elif context is not None:
+        context.check(0)
     blocks = tower.transformer.resblocks
     for i, block in enumerate(blocks):
+        if i and context is not None:
+            prefix = context.splice(prefix, i)
         prefix, rows = _shared_prefix_block(block, prefix, rows, layout, last=i == len(blocks) - 1, padded=padded)
     x = tower.ln_final(rows)
     return _project(tower, x[layout.restore])
@@ -394,11 +449,47 @@ def normalize_fp32(features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=-1)
 
 
-def encode_prompts(model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool = True) -> torch.Tensor:
+def encode_with_context(tower: nn.Module, tokens: torch.Tensor, context: PromptContext | None, *, truncate: bool = True) -> torch.Tensor:
+    """Unnormalised features of prompts carrying learned context, the straightforward way: every prompt's
+    whole sequence through open_clip's own blocks, the context spliced in before the blocks that have one
+    (as CoOp's and MaPLe's text encoders do). ``truncate=False`` keeps all 77 positions, exactly the
+    reference implementations' computation; ``truncate=True`` stops at the batch's last EOT token, which
+    cannot change a causal, argmax-pooled feature."""
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1 if truncate else tokens.shape[1]
+    dtype = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens[:, :length]).to(dtype)
+    if context is not None:
+        x = context.splice(x, 0)
+    x = x + tower.positional_embedding[:length].to(dtype)
+    mask = tower.attn_mask[:length, :length]
+    blocks = tower.transformer.resblocks
+    batch_first = getattr(tower.transformer, "batch_first", True)
+    for i, block in enumerate(blocks):
+        if i and context is not None:
+            x = context.splice(x, i)
+        x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+    x = tower.ln_final(x)
+    return _project(tower, x[torch.arange(x.shape[0], device=x.device), eot])
+
+
+def encode_prompts(model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool = True, context: PromptContext | None = None) -> torch.Tensor:
     """Normalised fp32 text features of `tokens` [prompts, context], equal to open_clip's full-length
     `model.encode_text` to float tolerance, by the fastest exact path the text tower allows. The tower runs
-    in the precision around it (autocast, or its weights' dtype); the normalisation is done in fp32."""
+    in the precision around it (autocast, or its weights' dtype); the normalisation is done in fp32.
+
+    With ``context`` the prompts carry learned vectors (see `PromptContext`), equal to the straightforward
+    full-length computation (`encode_with_context(..., truncate=False)`) to float tolerance. Raises
+    `ValueError` for a text tower that cannot take embeddings (Hugging Face towers, CoCa's class token,
+    non-argmax pooling): prompt learning needs an open_clip causal text transformer."""
     tower = text_tower_or_none(model)
+    if context is not None:
+        if tower is None or not supports_truncation(tower) or not causal_mask_is_plain(tower):
+            raise ValueError(f"{type(model).__name__}: learned prompts need an open_clip text transformer with a causal "
+                             "mask and end-of-text pooling")
+        if share_prefix and supports_prefix_sharing(tower):
+            return normalize_fp32(encode_shared_prefix(tower, tokens, context=context))
+        return normalize_fp32(encode_with_context(tower, tokens, context))
     if tower is None or tokens.shape[0] == 0 or not supports_truncation(tower) or not causal_mask_is_plain(tower):
         return normalize_fp32(model.encode_text(tokens))
     if share_prefix and supports_prefix_sharing(tower):

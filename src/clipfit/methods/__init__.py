@@ -1,6 +1,6 @@
 """Registered PEFT methods. Importing this package registers every built-in method."""
 
-from . import clipfit, zeroshot  # noqa: F401  (registration side effect)
+from . import clipfit, maple, prompts, zeroshot  # noqa: F401  (registration side effect)
 from .base import METHODS, Method, MethodConfig, build_method, get_method, method_config, register_method
 
 __all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method", "method_config", "register_method"]

@@ -1,12 +1,20 @@
 """The base every method builds on, and the registry that names them.
 
-A method says what is trainable, what it adds to the model and what its loss adds; the training and
-evaluation loop lives in `clipfit.engine` and is shared by all of them.
+A method says what is trainable (tensors of the backbone it selects by structure, and modules it adds),
+how it classifies (`classifier`, `logits_from_features`), what its loss adds (`training_loss`), how a
+step's gradients are combined (`backward`) and its paper's optimisation defaults per protocol
+(`optim_defaults`); the training and evaluation loop lives in `clipfit.engine` and is shared by all.
+
+Adapter files hold a method's state under two kinds of names that cannot collide: a backbone tensor the
+method trains keeps its key in the backbone's state dict (`transformer.resblocks.0.mlp.c_proj.bias`), a
+tensor of a module the method adds is named `method.<its name in the method>` (`method.prompt_learner.ctx`);
+no open_clip state-dict key starts with `method.`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,6 +27,9 @@ from ..data.samples import check_template
 from ..errors import ClipFitError
 from ..text_encoding import fp32, normalize_fp32
 
+# Prefix of the adapter-file keys of tensors a method adds (see the module doc).
+ADDED = "method."
+
 
 @dataclass
 class MethodConfig:
@@ -29,12 +40,24 @@ class MethodConfig:
 
 
 class Method(nn.Module):
-    """Classify images by cosine similarity against class features; train what `trainable_parameters` names."""
+    """Classify images by cosine similarity against class features; train what `trainable_parameters` names.
+
+    Subclasses add modules as attributes (they are saved in adapter files under `method.<name>`), select
+    backbone tensors in `backbone_parameters`, and override `class_features` / `logits_from_features` /
+    `training_loss` / `backward` where their paper differs.
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # One line for `clipfit methods`, naming the paper (and table) the method comes from.
+    description: ClassVar[str] = ""
+    # Options a registered variant fixes (`register_variant`): `coop+ln` is `coop` with layernorm=True.
+    preset: ClassVar[dict] = {}
     # Methods that do not train (zero-shot) skip the training loop entirely.
     trains: ClassVar[bool] = True
+    # Whether the classifier is built from class names alone, so that it can classify classes it never
+    # trained on (base-to-new's "new" half). A linear head cannot: base-to-new refuses it up front.
+    classifies_unseen_classes: ClassVar[bool] = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, config: MethodConfig):
         super().__init__()
@@ -46,18 +69,24 @@ class Method(nn.Module):
         self.clip.requires_grad_(False)
         # Remarks for the user about how the method applies to this backbone.
         self.notes: list[str] = []
+        self.add_modules()
         self.set_classes(classnames)
 
+    def add_modules(self) -> None:
+        """Create the modules the method adds and select the backbone tensors it trains (before the class
+        list is set). Random initialisations draw from torch's global generator: the runner seeds it."""
+
     @classmethod
-    def protocol_defaults(cls, protocol: str, dataset: str) -> dict:
-        """Method options that depend on the protocol or the dataset's registry name (filled in where the
-        user gave none). Method-specific values live here, never in the dataset's spec."""
+    def protocol_defaults(cls, protocol: str, dataset: str, shots: int = 16) -> dict:
+        """Method options that depend on the protocol, the dataset's registry name or the shots (filled in
+        where the user gave none). Method-specific values live here, never in the dataset's spec."""
         return {}
 
     @classmethod
-    def optim_defaults(cls, protocol: str, dataset: str) -> dict:
-        """`OptimConfig` fields whose paper value depends on the protocol or dataset (filled in where the
-        user gave none)."""
+    def optim_defaults(cls, protocol: str, dataset: str, shots: int = 16) -> dict:
+        """`OptimConfig` fields (epochs, batch_size, lr) as the method's paper and official code set them
+        for the protocol, dataset and shots (filled in where the user gave none; the rest fall back to
+        `OptimConfig`'s own defaults)."""
         return {}
 
     def train(self, mode: bool = True) -> Method:
@@ -76,9 +105,13 @@ class Method(nn.Module):
         """Point the classifier at a class list (the training classes, or new ones for evaluation)."""
         check_template(self.template)
         self.classnames = list(classnames)
-        self.prompts = [self.template.format(name) for name in self.classnames]
+        self.prompts = self.class_prompts(self.classnames)
         self._check_prompt_lengths()
         self.register_buffer("prompt_tokens", self.backbone.tokenize(self.prompts), persistent=False)
+
+    def class_prompts(self, classnames: list[str]) -> list[str]:
+        """The text of each class's prompt (the template filled with the class name)."""
+        return [self.template.format(name) for name in classnames]
 
     def _check_prompt_lengths(self) -> None:
         """The tokenizer would silently cut a prompt longer than the text tower's context, dropping its
@@ -93,13 +126,29 @@ class Method(nn.Module):
                 raise ClipFitError(f"class {name!r}: prompt {prompt!r} is {length} tokens, longer than the text "
                                    f"tower's context of {context}; shorten the class name or the template")
 
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Trainable tensors by their name in the backbone's state dict (the adapter file's keys)."""
+    def backbone_parameters(self) -> dict[str, nn.Parameter]:
+        """Backbone tensors the method trains, by their key in the backbone's state dict."""
         return {}
+
+    def added_parameters(self) -> dict[str, nn.Parameter]:
+        """Trainable tensors of the modules the method adds, as `method.<name>`."""
+        return {ADDED + name: p for name, p in self.named_parameters() if not name.startswith("clip.") and p.requires_grad}
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Every tensor the optimiser updates, by its adapter-file key (see the module doc)."""
+        return {**self.backbone_parameters(), **self.added_parameters()}
 
     def parameter_groups(self) -> dict[str, int]:
         """Trainable parameter counts per group, for `clipfit params` and run summaries."""
         return {}
+
+    @property
+    def image_tower_trains(self) -> bool:
+        """Whether a training step must back-propagate into the image tower (a tensor of it trains, or the
+        method feeds it learned inputs). When not, image features are computed without a graph: the frozen
+        tower runs forward only, once per image and step."""
+        visual = {id(p) for p in self.clip.visual.parameters()}
+        return any(id(p) in visual for p in self.backbone_parameters().values())
 
     def prepare_training(self) -> None:
         """Compute once, before the first step, whatever the loss compares against."""
@@ -122,36 +171,74 @@ class Method(nn.Module):
                 return module.weight.dtype
         return images.dtype
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm fp32 image features [batch, dim] of preprocessed images [batch, 3, H, W]. Without a
+        graph when `image_tower_trains` is False (nothing upstream of the features trains)."""
+        images = images.to(self._image_input_dtype(images))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.image_tower_trains):
+            return normalize_fp32(self.clip.encode_image(images))
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm fp32 image features [batch, dim]."""
-        return normalize_fp32(self.clip.encode_image(images.to(self._image_input_dtype(images))))
+        return self.encode_images(images)
 
-    def logits(self, images: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
-        """logit_scale * cos(image, class), in fp32 whatever the autocast around it."""
-        image_features = self.image_features(images)
+    def classifier(self) -> torch.Tensor | None:
+        """What `logits_from_features` compares images against, computed once per evaluation (the unit-norm
+        class text features [classes, dim] by default; None for a method whose classes depend on the image)."""
+        return self.class_features()
+
+    def logits_from_features(self, image_features: torch.Tensor, classifier: torch.Tensor | None) -> torch.Tensor:
+        """fp32 logits [batch, classes]: logit_scale * cos(image, class), in fp32 whatever the autocast."""
         with fp32(image_features.device):
-            return self.backbone.logit_scale.float() * image_features.float() @ class_features.float().t()
+            return self.backbone.logit_scale.float() * image_features.float() @ classifier.float().t()
+
+    def logits(self, images: torch.Tensor, classifier: torch.Tensor | None) -> torch.Tensor:
+        """fp32 logits [batch, classes] of preprocessed images against `classifier()`'s output."""
+        return self.logits_from_features(self.encode_images(images), classifier)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.logits(images, self.class_features())
+        """The loss of one batch (a scalar fp32 tensor) and its named parts for the log."""
+        logits = self.logits(images, self.classifier())
         with fp32(logits.device):
             loss = F.cross_entropy(logits, labels)
         return loss, {"ce": loss.item()}
 
+    def backward(self, loss: torch.Tensor, scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Put this step's gradients into the trainable tensors' `.grad` (the engine zeroed them).
+        ``scale`` is the loss scaler's (the identity without one). ProGrad overrides it to combine two
+        losses' gradients."""
+        scale(loss).backward()
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().clone().contiguous() for name, p in self.trainable_parameters().items()}
+        """What an adapter file holds: the backbone tensors the method trains, and every parameter and
+        persistent buffer of the modules it adds (`method.<name>`)."""
+        state = {name: p.detach() for name, p in self.backbone_parameters().items()}
+        state.update({ADDED + name: t.detach() for name, t in self.state_dict().items() if not name.startswith("clip.")})
+        return {name: t.clone().contiguous() for name, t in state.items()}
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        params = self.trainable_parameters()
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
+        """Copy an adapter file's tensors in; `ClipFitError` naming the file when a key or shape differs."""
+        own = self.backbone_parameters()
+        added = {ADDED + name: t for name, t in self.state_dict(keep_vars=True).items() if not name.startswith("clip.")}
+        targets = {**own, **added}
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
         if missing or unexpected:
             raise ClipFitError(f"{source}: does not match method {self.name!r} on this backbone (missing {missing[:3]}, unexpected {unexpected[:3]})")
         with torch.no_grad():
-            for name, p in params.items():
-                if state[name].shape != p.shape:
-                    raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the model expects {tuple(p.shape)}")
-                p.copy_(state[name].to(p.dtype))
+            for name, t in targets.items():
+                if state[name].shape != t.shape:
+                    raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the model expects {tuple(t.shape)}")
+                t.copy_(state[name].to(t.dtype))
+
+
+def feature_distance(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - mean_i cos(features_i, targets_i) of [classes, dim] features, in fp32 (CLIPFit's and KgCoOp's
+    term), computed as mean_i |f^_i - t^_i|^2 / 2 on the unit vectors: equal to 1 - cos in exact
+    arithmetic with the same gradient, but a sum of squares, never negative in floating point and
+    accurate near 0, where 1 - cos (a difference of two numbers near 1) is rounded to multiples of 2^-24."""
+    with fp32(features.device):
+        return 0.5 * (normalize_fp32(features) - normalize_fp32(targets)).pow(2).sum(dim=-1).mean()
 
 
 def select_parameters(model: nn.Module, modules_and_attrs: list[tuple[nn.Module, str]]) -> dict[str, nn.Parameter]:
@@ -171,13 +258,31 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def register_variant(base: type[Method], name: str, description: str, **preset) -> type[Method]:
+    """Register `base` with some options fixed under a name of its own (CLIPFit's Table 4-6 variants:
+    `coop+ln`, `bitfit-text`, ...): a config of one method plus its name, not a new implementation."""
+    unknown = sorted(set(preset) - {f.name for f in dataclasses.fields(base.config_class)})
+    if unknown:
+        raise ValueError(f"variant {name!r}: {base.name} has no option(s) {', '.join(unknown)}")
+    variant = type(base.__name__ + "Variant", (base,), {"name": name, "description": description,
+                                                        "preset": {**base.preset, **preset}, "__module__": base.__module__})
+    return register_method(variant)
+
+
 def method_config(name: str, options: dict | None = None) -> MethodConfig:
+    """The method's config from user options over its preset; `ClipFitError` for an unknown option or
+    one that contradicts what the variant fixes."""
     cls = get_method(name)
+    options = dict(options or {})
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = sorted(set(options or {}) - fields)
+    unknown = sorted(set(options) - fields)
     if unknown:
         raise ClipFitError(f"method {name!r} has no option(s) {', '.join(unknown)} (options: {', '.join(sorted(fields)) or 'none'})")
-    config = cls.config_class(**(options or {}))
+    for key, value in cls.preset.items():
+        if key in options and options[key] != value:
+            raise ClipFitError(f"method {name!r} fixes option {key} = {value!r} (got {options[key]!r}); "
+                               f"use the base method {cls.__mro__[1].name!r} to change it")
+    config = cls.config_class(**{**options, **cls.preset})
     config.check()
     return config
 

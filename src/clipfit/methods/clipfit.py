@@ -5,6 +5,10 @@ ones: CE + beta * (1 - mean_i cos(w_i, w_i_clip)) (paper eq. 4; the official cod
 paper's eq. 5 alternative, an MSE between the tuned and pretrained text biases, is
 `regularizer="bias-mse"`. Defaults from the paper and the official code (minglllli/CLIPFit, its Dassl
 configs): NOTES.md.
+
+The same class, with other `text` / `image` selections and regularisers, is every inherent-parameter
+method of CLIPFit's Tables 5 and 6 (BitFit (a)-(d), LayerNorms only, the ablations), registered as
+variants below: each is a config of this one selection method plus its name.
 """
 
 from __future__ import annotations
@@ -16,12 +20,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbone import image_layernorms, text_mlp_output_projections
+from ..backbone import image_block_biases, image_layernorms, text_block_biases, text_mlp_linears, text_mlp_output_projections
 from ..errors import ClipFitError
-from ..text_encoding import fp32, normalize_fp32
-from .base import Method, MethodConfig, register_method, select_parameters
+from ..text_encoding import fp32
+from .base import Method, MethodConfig, feature_distance, register_method, register_variant, select_parameters
 
 REGULARIZERS = ("kd", "bias-mse", "none")
+
+# What trains in each tower, chosen by the model's structure (CLIPFit Table 5's strategies (a)-(d)):
+# selection name -> (group name for `clipfit params`, the (module, attribute) pairs).
+TEXT_SELECTIONS = {
+    "mlp-output-bias": ("text MLP output-projection biases",  # (d), CLIPFit's
+                        lambda model: [(linear, "bias") for linear in text_mlp_output_projections(model)]),
+    "mlp-bias": ("text MLP biases", lambda model: [(linear, "bias") for linear in text_mlp_linears(model)]),  # (c)
+    "bias": ("text block biases", text_block_biases),  # (b)
+    "none": ("", lambda model: []),
+}
+IMAGE_SELECTIONS = {
+    "layernorm": ("image LayerNorms", lambda model: [(norm, attr) for norm in image_layernorms(model) for attr in ("weight", "bias")]),
+    "bias": ("image block biases", image_block_biases),  # with text "bias": BitFit (a)
+    "none": ("", lambda model: []),
+}
 
 # The paper's epochs: 10 for ImageNet and Food101, 100 for every other dataset (and for users' own data).
 SHORT_SCHEDULE_DATASETS = {"imagenet": 10, "food101": 10}
@@ -35,10 +54,15 @@ class CLIPFitConfig(MethodConfig):
     # None means the protocol's default (NOTES.md: 8 base-to-new/cross-dataset, 2 distribution shift, few-shot 2 or 8).
     beta: float | None = None
     regularizer: str = "kd"
+    text: str = "mlp-output-bias"  # a key of TEXT_SELECTIONS
+    image: str = "layernorm"  # a key of IMAGE_SELECTIONS
 
     def check(self):
         if self.regularizer not in REGULARIZERS:
             raise ClipFitError(f"method clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
+        for option, value, choices in (("text", self.text, TEXT_SELECTIONS), ("image", self.image, IMAGE_SELECTIONS)):
+            if value not in choices:
+                raise ClipFitError(f"method clipfit: {option} must be one of {', '.join(choices)}, got {value!r}")
         if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
             raise ClipFitError(f"method clipfit: beta must be a finite number >= 0, got {self.beta!r}")
 
@@ -46,48 +70,49 @@ class CLIPFitConfig(MethodConfig):
 @register_method
 class CLIPFit(Method):
     name = "clipfit"
+    description = "CLIPFit (Li et al., EMNLP 2023): text MLP output-projection biases + image LayerNorms, KD to zero-shot"
     config_class = CLIPFitConfig
 
     def __init__(self, backbone, classnames, template, config: CLIPFitConfig):
-        if config.beta is None:
+        if config.beta is None and config.regularizer != "none":
             raise ClipFitError("method clipfit: beta is unset; the protocol fills in its default")
         super().__init__(backbone, classnames, template, config)
-        self.text_biases = select_parameters(self.clip, [(linear, "bias") for linear in text_mlp_output_projections(self.clip)])
-        self.image_norms = select_parameters(
-            self.clip, [(norm, attr) for norm in image_layernorms(self.clip) for attr in ("weight", "bias")]
-        )
-        if not self.image_norms:
+        self.text_biases = select_parameters(self.clip, TEXT_SELECTIONS[config.text][1](self.clip))
+        self.image_norms = select_parameters(self.clip, IMAGE_SELECTIONS[config.image][1](self.clip))
+        if config.image == "layernorm" and not self.image_norms:
             self.notes.append("the image tower has no LayerNorm (a ResNet): only the text biases train")
-        for p in self.trainable_parameters().values():
+        for p in self.backbone_parameters().values():
             p.requires_grad_(True)
         # The untouched pretrained values, taken before any training or adapter load: every training run
         # distils toward the features these give, never toward already-tuned weights.
-        self.pretrained_values = {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
+        self.pretrained_values = {name: p.detach().clone() for name, p in self.backbone_parameters().items()}
         self.pretrained_class_features: torch.Tensor | None = None
 
     @classmethod
-    def protocol_defaults(cls, protocol, dataset):
+    def protocol_defaults(cls, protocol, dataset, shots=16):
+        if cls.preset.get("regularizer") == "none":
+            return {}  # no regulariser, no weight
         if protocol == "few-shot":
             return {"beta": FEWSHOT_BETA.get(dataset, 2.0)}
         return {"beta": PROTOCOL_BETA.get(protocol, 8.0)}
 
     @classmethod
-    def optim_defaults(cls, protocol, dataset):
-        return {"epochs": SHORT_SCHEDULE_DATASETS.get(dataset, 100)}
+    def optim_defaults(cls, protocol, dataset, shots=16):
+        # CLIPFit's recipe for every variant: Table 5 and 6 trained them in CLIPFit's own code and settings.
+        return {"epochs": SHORT_SCHEDULE_DATASETS.get(dataset, 100), "batch_size": 32, "lr": 0.002}
 
-    def trainable_parameters(self):
+    def backbone_parameters(self):
         return {**self.text_biases, **self.image_norms}
 
     def parameter_groups(self):
-        return {
-            "text MLP output-projection biases": sum(p.numel() for p in self.text_biases.values()),
-            "image LayerNorms": sum(p.numel() for p in self.image_norms.values()),
-        }
+        groups = {TEXT_SELECTIONS[self.config.text][0]: sum(p.numel() for p in self.text_biases.values()),
+                  IMAGE_SELECTIONS[self.config.image][0]: sum(p.numel() for p in self.image_norms.values())}
+        return {name: count for name, count in groups.items() if name}
 
     @contextlib.contextmanager
     def _pretrained_weights(self):
         """Temporarily put the pretrained values back into the trainable tensors."""
-        params = self.trainable_parameters()
+        params = self.backbone_parameters()
         current = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
             for name, p in params.items():
@@ -114,17 +139,12 @@ class CLIPFit(Method):
     def regularization(self, class_features: torch.Tensor) -> torch.Tensor:
         """The regulariser, in fp32 (outside autocast) whatever the precision of the forward pass.
 
-        ``kd``: 1 - mean_i cos(w_i, w_i_clip), computed as mean_i |w^_i - w^_i_clip|^2 / 2 on the unit
-        vectors w^ (equal to 1 - cos for unit vectors: |a - b|^2 = 2 - 2 a.b). The two agree in exact
-        arithmetic and have the same gradient; the squared form is a sum of squares, so it is never
-        negative in floating point, and it keeps its relative accuracy near 0 where 1 - cos, a difference
-        of two numbers near 1, is rounded to a multiple of 2^-24 (fp32) and can come out negative.
+        ``kd``: 1 - mean_i cos(w_i, w_i_clip) (`feature_distance`: computed as a sum of squares, never
+        negative and accurate near 0). ``bias-mse``: the MSE between tuned and pretrained text biases.
         """
         with fp32(class_features.device):
             if self.config.regularizer == "kd":
-                tuned = normalize_fp32(class_features)
-                pretrained = normalize_fp32(self.pretrained_class_features)
-                return 0.5 * (tuned - pretrained).pow(2).sum(dim=-1).mean()
+                return feature_distance(class_features, self.pretrained_class_features)
             if self.config.regularizer == "bias-mse":
                 tuned = torch.cat([p.flatten().float() for p in self.text_biases.values()])
                 pretrained = torch.cat([self.pretrained_values[name].flatten().float() for name in self.text_biases])
@@ -139,6 +159,25 @@ class CLIPFit(Method):
         logits = self.logits(images, class_features)
         with fp32(logits.device):
             ce = F.cross_entropy(logits, labels)
+        if self.config.regularizer == "none":
+            return ce, {"ce": ce.item()}
         reg = self.regularization(class_features)
         loss = ce + self.config.beta * reg
         return loss, {"ce": ce.item(), self.config.regularizer: reg.item()}
+
+
+# CLIPFit's Table 5 (BitFit strategies, trained with the CE loss alone) and Table 6 (ablations).
+register_variant(CLIPFit, "bitfit-all", "BitFit (a), CLIPFit Table 5: every bias in both towers' blocks, CE only",
+                 text="bias", image="bias", regularizer="none")
+register_variant(CLIPFit, "bitfit-text", "BitFit (b), CLIPFit Table 5: every bias in the text blocks, CE only",
+                 text="bias", image="none", regularizer="none")
+register_variant(CLIPFit, "bitfit-text-mlp", "BitFit (c), CLIPFit Table 5: the text MLPs' biases, CE only",
+                 text="mlp-bias", image="none", regularizer="none")
+register_variant(CLIPFit, "bitfit-text-proj", "BitFit (d), CLIPFit Table 5: the text MLPs' output-projection biases, CE only",
+                 text="mlp-output-bias", image="none", regularizer="none")
+register_variant(CLIPFit, "ln-only", "CLIPFit Table 6: the image LayerNorms alone, CE only",
+                 text="none", image="layernorm", regularizer="none")
+register_variant(CLIPFit, "clipfit-no-kd", "CLIPFit Table 6: CLIPFit without the distillation term",
+                 regularizer="none")
+register_variant(CLIPFit, "clipfit-no-ln", "CLIPFit Table 6: CLIPFit's text biases and distillation, no LayerNorms",
+                 image="none")

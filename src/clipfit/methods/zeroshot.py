@@ -6,4 +6,5 @@ from .base import Method, register_method
 @register_method
 class ZeroShot(Method):
     name = "zeroshot"
+    description = "zero-shot CLIP (Radford et al., 2021): the class prompts' text features, nothing trained"
     trains = False

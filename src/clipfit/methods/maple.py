@@ -1,0 +1,102 @@
+"""MaPLe (Khattak et al., CVPR 2023): coupled prompts in the first J blocks of both towers.
+
+Text side: 2 learned context vectors replace the embeddings after the start-of-text token ("a photo" of
+"a photo of a <class>."), and at blocks 2..J the hidden states there are replaced by that block's own
+learned text prompt. Image side: each block's visual prompt is a linear coupling function (text width ->
+image width) of the same block's text prompt; at the input the coupled prompt is appended after the
+patch tokens (before `ln_pre`), at blocks 2..J the last tokens are replaced. Loss: CE.
+
+As the official code runs it (muzairkhattak/multimodal-prompt-learning @69bce21, `trainers/maple.py`,
+`clip/model.py`, `configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml`): J = 9, 2 vectors initialised
+from the first two tokens of "a photo of a", deep text prompts ~ N(0, 0.02^2), couplings with PyTorch's
+default Linear init; batch 4, lr 0.0035, 5 epochs for base-to-new and (no official few-shot recipe exists,
+PromptSRC#13, #21) few-shot; the cross-dataset and domain-generalisation config: J = 3, lr 0.0026,
+2 epochs. 3,555,072 trainable parameters on ViT-B/16 (the paper's 3.55M). The official code casts the
+prompts to fp16 inside its forward even in fp32 runs; ours keeps them in the run's precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..backbone import encode_image_prompted, text_tower, vision_width
+from ..errors import ClipFitError
+from ..text_encoding import PromptContext, encode_prompts, normalize_fp32
+from .base import Method, MethodConfig, register_method
+from .prompts import PromptLearner
+
+TRANSFER_PROTOCOLS = ("cross-dataset", "distribution-shift")
+
+
+@dataclass
+class MaPLeConfig(MethodConfig):
+    n_ctx: int = 2
+    ctx_init: str = "a photo of a"
+    depth: int = 9  # J: blocks of each tower that get prompts (1: the input only)
+
+    def check(self):
+        if not (isinstance(self.n_ctx, int) and 1 <= self.n_ctx <= 64):
+            raise ClipFitError(f"method maple: n_ctx must be an integer from 1 to 64, got {self.n_ctx!r}")
+        if not (isinstance(self.depth, int) and self.depth >= 1):
+            raise ClipFitError(f"method maple: depth must be an integer >= 1, got {self.depth!r}")
+
+
+@register_method
+class MaPLe(Method):
+    name = "maple"
+    description = "MaPLe (Khattak et al., CVPR 2023): coupled text and image prompts in the first 9 blocks"
+    config_class = MaPLeConfig
+
+    def add_modules(self):
+        width = vision_width(self.clip)  # BackboneError for a ResNet image tower
+        blocks = min(len(text_tower(self.clip).transformer.resblocks), len(self.clip.visual.transformer.resblocks))
+        if self.config.depth > blocks:
+            raise ClipFitError(f"method maple: depth {self.config.depth} exceeds the towers' {blocks} blocks")
+        learner = PromptLearner(self.backbone, self.config.n_ctx, self.config.ctx_init)
+        text_width = learner.ctx.shape[1]
+        device = learner.ctx.device
+        learner.proj = nn.Linear(text_width, width).to(device)
+        learner.compound_prompts_text = nn.ParameterList(
+            [nn.Parameter(learner.ctx.new_empty(learner.n_ctx, text_width).normal_(std=0.02)) for _ in range(self.config.depth - 1)])
+        learner.compound_prompt_projections = nn.ModuleList(
+            [nn.Linear(text_width, width).to(device) for _ in range(self.config.depth - 1)])
+        self.prompt_learner = learner
+
+    @classmethod
+    def optim_defaults(cls, protocol, dataset, shots=16):
+        if protocol in TRANSFER_PROTOCOLS:
+            return {"epochs": 2, "batch_size": 4, "lr": 0.0026}
+        return {"epochs": 5, "batch_size": 4, "lr": 0.0035}
+
+    @classmethod
+    def protocol_defaults(cls, protocol, dataset, shots=16):
+        return {"depth": 3} if protocol in TRANSFER_PROTOCOLS else {}
+
+    @property
+    def image_tower_trains(self):
+        return True  # its prompts enter the image tower
+
+    def class_prompts(self, classnames):
+        return self.prompt_learner.prompts(classnames)
+
+    def parameter_groups(self):
+        learner = self.prompt_learner
+        return {
+            "text prompts": learner.ctx.numel() + sum(p.numel() for p in learner.compound_prompts_text),
+            "coupling functions": sum(p.numel() for m in (learner.proj, *learner.compound_prompt_projections) for p in m.parameters()),
+        }
+
+    def class_features(self):
+        learner = self.prompt_learner
+        return encode_prompts(self.clip, self.prompt_tokens, context=PromptContext((learner.ctx, *learner.compound_prompts_text)))
+
+    def visual_prompts(self):
+        """The image tower's prompts per block: the coupling function of the same block's text prompt."""
+        learner = self.prompt_learner
+        return [learner.proj(learner.ctx)] + [f(p) for f, p in zip(learner.compound_prompt_projections, learner.compound_prompts_text)]
+
+    def encode_images(self, images):
+        images = images.to(self._image_input_dtype(images))
+        return normalize_fp32(encode_image_prompted(self.clip, images, self.visual_prompts()))
