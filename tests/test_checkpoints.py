@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipfit.adapter import AdapterInfo, load_adapter, save_adapter
+from clipfit.adapter import AdapterInfo, read_adapter, save_adapter
 from clipfit.backbone import build_skeleton, load_backbone, weights_fingerprint
 from clipfit.errors import BackboneError, ClipFitError
 
@@ -185,7 +185,7 @@ def test_messages_never_print_none(tmp_path):
     causes = {
         "built-in weights a model does not have": lambda: weights_fingerprint(TINY_MODEL, "builtin"),
         "a tag for a model open_clip has no tags for": lambda: load_backbone(TINY_MODEL, "openai"),
-        "an adapter file without a format": lambda: load_adapter(no_format),
+        "an adapter file without a format": lambda: read_adapter(no_format),
     }
     for cause, call in causes.items():
         with pytest.raises(ClipFitError) as info:
@@ -214,7 +214,7 @@ def test_adapter_with_a_flipped_tensor_byte_is_refused_naming_the_file(tmp_path)
     data[8 + header_length + start] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(ClipFitError, match=f"^{re.escape(str(path))}: tensor data does not match the checksum") as info:
-        load_adapter(path)
+        read_adapter(path)
     assert "\n" not in str(info.value)
 
 
@@ -222,5 +222,5 @@ def test_adapter_written_before_checksums_still_loads(tmp_path):
     path = tmp_path / "adapter.safetensors"
     tensors = {"text.bias": torch.arange(6.0)}
     save_file(tensors, str(path), metadata=adapter_info().to_metadata())
-    loaded, info = load_adapter(path)
+    loaded, info = read_adapter(path)
     assert torch.equal(loaded["text.bias"], tensors["text.bias"]) and info == adapter_info()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clipfit import data
-from clipfit.adapter import AdapterInfo, load_adapter, save_adapter
+from clipfit.adapter import AdapterInfo, read_adapter, save_adapter
 from clipfit.backbone import load_backbone
 from clipfit.engine import OptimConfig, predict_logits, train
 from clipfit.methods import build_method
@@ -94,7 +94,7 @@ def test_adapter_file_round_trips_to_identical_logits(eurosat_root, tmp_path):
     info = AdapterInfo(TINY_MODEL, "none", "clipfit", {"beta": 8.0}, splits.classnames, TEMPLATE)
     save_adapter(tmp_path / "adapter.safetensors", method.adapter_state(), info)
 
-    tensors, loaded_info = load_adapter(tmp_path / "adapter.safetensors")
+    tensors, loaded_info = read_adapter(tmp_path / "adapter.safetensors")
     assert loaded_info == info
     rebuilt = build_method("clipfit", load_backbone(TINY_MODEL, "none"), loaded_info.classnames, loaded_info.template, loaded_info.method_options)
     rebuilt.load_adapter_state(tensors)
@@ -110,7 +110,7 @@ def test_vit_b16_adapter_file_is_under_200_kb_and_names_the_base_weights(tmp_pat
     path = tmp_path / "adapter.safetensors"
     save_adapter(path, method.adapter_state(), info)
     assert path.stat().st_size < 200_000
-    tensors, loaded = load_adapter(path)
+    tensors, loaded = read_adapter(path)
     assert sum(t.numel() for t in tensors.values()) == 46_080
     assert (loaded.model, loaded.pretrained) == ("ViT-B-16", "openai")
 

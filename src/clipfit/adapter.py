@@ -1,4 +1,10 @@
-"""Adapter files: the tuned tensors only, as safetensors, with the metadata that names the base model."""
+"""Adapter files: the tuned tensors only, as safetensors, with the metadata that names the base model.
+
+Format 2 (this version) holds the backbone tensors a method trains under their state-dict keys and the
+tensors of modules the method adds under `method.<name>` (see `clipfit.methods.base`), and records the
+precision the model was trained and measured in. Format 1 files (CLIPFit before prompt learners
+existed: backbone tensors only, fp32) still load.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from . import __version__
 from .errors import ClipFitError
 from .files import atomic_write
 
-FORMAT = "clipfit-adapter/1"
+FORMAT = "clipfit-adapter/2"
+READABLE_FORMATS = ("clipfit-adapter/1", FORMAT)
 # Metadata field with `tensors_sha256` of the tensors; files written before it existed have none.
 CHECKSUM_FIELD = "tensors_sha256"
 
@@ -29,6 +36,7 @@ class AdapterInfo:
     classnames: list[str]
     template: str
     weights: str = ""  # backbone.weights_fingerprint of the base weights it was trained on
+    precision: str = "fp32"  # the weight layout it was trained and measured in (engine.PRECISIONS)
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -41,14 +49,16 @@ class AdapterInfo:
             "classnames": json.dumps(self.classnames),
             "template": self.template,
             "weights": self.weights,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> AdapterInfo:
         if "format" not in meta:
             raise ClipFitError(f"{path}: not a clipfit adapter file (its metadata has no 'format', expected {FORMAT!r})")
-        if meta["format"] != FORMAT:
-            raise ClipFitError(f"{path}: not a clipfit adapter file (format {meta['format']!r}, expected {FORMAT!r})")
+        if meta["format"] not in READABLE_FORMATS:
+            raise ClipFitError(f"{path}: not a clipfit adapter file this version reads (format {meta['format']!r}, "
+                               f"expected one of {', '.join(READABLE_FORMATS)})")
         try:
             return cls(
                 model=meta["model"],
@@ -58,6 +68,7 @@ class AdapterInfo:
                 classnames=json.loads(meta["classnames"]),
                 template=meta["template"],
                 weights=meta.get("weights", ""),
+                precision=meta.get("precision", "fp32"),
             )
         except (KeyError, json.JSONDecodeError) as err:
             raise ClipFitError(f"{path}: adapter metadata is malformed ({err})") from err
@@ -84,7 +95,7 @@ def save_adapter(path: Path, tensors: dict[str, torch.Tensor], info: AdapterInfo
     atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
-def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
+def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
     """The tensors and the metadata of the adapter file at `path`. Raises ClipFitError naming the file when
     it is missing, unreadable, not a clipfit adapter, or when its tensors do not match the checksum recorded
     when it was saved (files written before checksums were recorded load unchecked)."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from .engine import OptimConfig
 from .errors import ClipFitError
 from .methods import build_method, get_method
 from .protocols import get_protocol
-from .runner import evaluate_sets, image_datasets, load_run, run
+from .runner import evaluate_sets, image_datasets, load_adapter, load_run, run
 
-__all__ = ["RunConfig", "OptimConfig", "run", "load_run", "count_parameters", "evaluate_run", "predict", "check_dataset",
+__all__ = ["RunConfig", "OptimConfig", "run", "load_run", "load_adapter", "count_parameters", "evaluate_run", "predict", "check_dataset",
            "list_datasets", "list_methods", "list_models", "replace_config"]
 
 
@@ -38,13 +39,21 @@ def replace_config(config: RunConfig, *, optim: dict | None = None, **fields) ->
     return dataclasses.replace(config, optim=new_optim, **fields)
 
 
-def count_parameters(method: str, model: str) -> dict[str, int]:
-    """Trainable parameters per group for `method` on architecture `model`, without loading weights."""
-    skeleton = build_skeleton(model)
+@functools.lru_cache(maxsize=2)
+def _skeleton(model: str):
+    """One weightless skeleton per architecture, shared by the counts (a method only flags its tensors)."""
+    return build_skeleton(model)
+
+
+def count_parameters(method: str, model: str, protocol: str = "base2new") -> dict[str, int]:
+    """Trainable parameters per group for `method` on architecture `model` with the method's defaults for
+    `protocol` (CoOp: 4 context vectors for base-to-new, 16 for few-shot), without loading weights:
+    {"groups": {group: count}, "notes": [...]}."""
+    skeleton = _skeleton(model)
     cls = get_method(method)
     backbone = Backbone(model=skeleton, tokenizer=open_clip.get_tokenizer(model), preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
                         model_name=model, pretrained="none")
-    options = cls.protocol_defaults("base2new", "imagefolder")
+    options = cls.protocol_defaults(protocol, "imagefolder")
     instance = build_method(method, backbone, ["class"], "{}", options)
     return {"groups": instance.parameter_groups(), "notes": instance.notes}
 

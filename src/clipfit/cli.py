@@ -153,7 +153,19 @@ def cmd_params(args) -> None:
     from . import api
     from .report import print_params
 
-    print_params(args.method, args.model, api.count_parameters(args.method, args.model))
+    if args.method != "all":
+        print_params(args.method, args.model, api.count_parameters(args.method, args.model))
+        return
+    from .report import print_all_params
+
+    counts = {}
+    for name in api.list_methods():
+        try:
+            counts[name] = {protocol: sum(api.count_parameters(name, args.model, protocol)["groups"].values())
+                            for protocol in ("few-shot", "base2new")}
+        except ClipFitError as err:  # e.g. MaPLe on a ResNet: no image transformer to prompt
+            counts[name] = str(err)
+    print_all_params(args.model, counts)
 
 
 def cmd_methods(args) -> None:
@@ -262,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_table_mini_world)
 
     p = add("params", help="count a method's trainable parameters on a backbone (no weights needed)")
-    p.add_argument("--method", default=defaults.METHOD, help="`clipfit methods` lists them")
+    p.add_argument("--method", default=defaults.METHOD, help="`clipfit methods` lists them; 'all': every one, in one table")
     p.add_argument("--model", default=defaults.MODEL, help="an open_clip architecture (`clipfit models` lists them)")
     p.set_defaults(func=cmd_params)
 

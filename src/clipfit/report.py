@@ -23,6 +23,24 @@ def print_params(method: str, model: str, counts: dict) -> None:
         console.print(f"note: {note}")
 
 
+def print_all_params(model: str, counts: dict[str, dict[str, int] | str]) -> None:
+    """One row per method: its trainable parameters with its few-shot and base-to-new defaults."""
+    console.print(f"trainable parameters on {model}, with each method's defaults", style="bold")
+    table = Table()
+    table.add_column("method")
+    table.add_column("few-shot", justify="right")
+    table.add_column("base-to-new", justify="right")
+    for method, count in counts.items():
+        if isinstance(count, str):
+            table.add_row(method, "-", "-")
+        else:
+            table.add_row(method, f"{count['few-shot']:,}", f"{count['base2new']:,}")
+    console.print(table)
+    for method, count in counts.items():
+        if isinstance(count, str):
+            console.print(f"note: {method}: {count}")
+
+
 def summary_columns(summary: dict) -> list[str]:
     return list(summary["mean"])
 

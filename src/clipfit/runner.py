@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import data
-from .adapter import AdapterInfo, load_adapter, save_adapter
+from .adapter import AdapterInfo, read_adapter, save_adapter
 from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
 from .config import RunConfig, check_device, typed_fields, validate
 from .defaults import default_data_root
@@ -370,7 +370,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         info = AdapterInfo(
             model=config.model, pretrained=config.pretrained, method=config.method,
             method_options=config.method_options, classnames=train_splits.classnames, template=config.template,
-            weights=weights,
+            weights=weights, precision=config.precision,
         )
         save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
         metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
@@ -464,14 +464,29 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
     problem = _completion_problem(run_dir, _read_json_object(metrics_file, f"rerun it: {rerun} --overwrite"))
     if problem:
         raise ClipFitError(f"{run_dir}: {problem}; rerun it: {rerun} --overwrite")
-    tensors, info = load_adapter(run_dir / "adapter.safetensors")
+    # A format-1 adapter records no precision: the run's config says it.
+    return config, load_adapter(run_dir / "adapter.safetensors", device=device, precision=config.precision)
+
+
+def load_adapter(path: str | Path, *, device: str = "auto", backbone: Backbone | None = None, precision: str | None = None) -> Method:
+    """The tuned model an adapter file describes, from the file and its base weights alone (as peft's
+    `from_pretrained`): the backbone its metadata names (or ``backbone``, the same base model already
+    loaded: it is changed in place) with the method built on it and the file's tensors in, in eval mode
+    and the precision it was trained in. `ClipFitError` naming the file when it is unreadable, corrupted,
+    trained on other weights, or does not match its method."""
+    path = Path(path)
+    tensors, info = read_adapter(path)
     current = weights_fingerprint(info.model, info.pretrained)
     if info.weights and info.weights != current:
-        raise ClipFitError(f"{run_dir / 'adapter.safetensors'}: trained on {info.model} {info.pretrained} "
+        raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained} "
                            f"with weights {info.weights}, which now are {current}; retrain it on these weights")
-    backbone = load_backbone(info.model, info.pretrained, device=check_device(device))
+    if backbone is None:
+        backbone = load_backbone(info.model, info.pretrained, device=check_device(device))
+    elif (backbone.model_name, backbone.pretrained) != (info.model, info.pretrained):
+        raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained}, not on the given "
+                           f"{backbone.model_name} {backbone.pretrained}")
     method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
-    apply_precision(method, config.precision)  # the weight layout the run trained and measured in
-    method.load_adapter_state(tensors, source=str(run_dir / "adapter.safetensors"))
+    apply_precision(method, precision or info.precision)  # the weight layout it was trained and measured in
+    method.load_adapter_state(tensors, source=str(path))
     method.eval()
-    return config, method
+    return method
