@@ -30,7 +30,10 @@ whether the operator counts grow with the number of classes.
 
 Models are random-init (`load_backbone(name, "none")`), fp32, images random at the model's input size,
 class names 1-4 words from `benchmarks.step_time`'s fixed word list (deterministic), torch's default
-thread count unless --threads.
+thread count unless --threads. Each measurement records the 1-minute load average before and after its
+steps; on a machine that other processes keep busy torch's OpenMP threads wait on each other at every
+operator, which slows a step of many small operators far more than one of few large ones (tens of times
+seen on 2 shared cores): the script warns when the load exceeded the CPU count.
 
     python benchmarks/prompt_step.py                      # ViT-B-16, coop coop-ctx4 kgcoop, 100 and 1000 classes
     python benchmarks/prompt_step.py --methods coop kgcoop --classes 100 1000 --steps 3 --batch 32 \\
@@ -204,6 +207,7 @@ def _measure(job: Job) -> dict:
     out["rss_after_setup_gb"] = _rss_gb()
     out["peak_rss_after_setup_gb"] = _peak_rss_gb()
     out["address_space_after_setup_gb"] = _address_space_gb()
+    out["loadavg_before_steps"] = os.getloadavg()[0]
     out["stage"] = "steps"
     step()  # warm-up
     wall, cpu = [], []
@@ -213,6 +217,7 @@ def _measure(job: Job) -> dict:
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     out["peak_rss_after_steps_gb"] = _peak_rss_gb()
+    out["loadavg_after_steps"] = os.getloadavg()[0]
     out["step_peak_rise_gb"] = out["peak_rss_after_steps_gb"] - out["rss_after_setup_gb"]
     out.update(median_s=statistics.median(wall), times_s=wall, median_cpu_s=statistics.median(cpu), cpu_times_s=cpu)
     if job.path != "image forward":
@@ -311,7 +316,7 @@ def table(results: list[dict], cap: float) -> str:
         ops = r.get("aten_ops_step", {}).get("all")
         text = r.get("aten_ops_text", {}).get("all")
         lines.append(
-            f"| {r['method']} | {r['classes']} | {r['path']} | {_fmt(r['median_s'])} | {_fmt(ratio)} | "
+            f"| {r['method']} | {r['classes']} | {r['path']} | {_fmt(r['median_s'], '.3g')} | {_fmt(ratio)} | "
             f"{_fmt(r['peak_rss_after_steps_gb'])} | {_fmt(r['rss_after_setup_gb'])} | {ops if ops is not None else '-'} | {text if text is not None else '-'} |"
         )
     return "\n".join(lines)
@@ -403,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = next((r["threads"] for r in results if "threads" in r), "?")
     print(f"\n{args.model}, batch {args.batch}, fp32, CPU, {threads} threads; median of {args.steps} step(s) after 1 warm-up\n")
     print(table(results, args.mem_limit_gb))
+    busy = [r for r in results if max(r.get("loadavg_before_steps", 0), r.get("loadavg_after_steps", 0)) > (os.cpu_count() or 1) + 0.5]
+    if busy:
+        print(f"\nwarning: {len(busy)} measurement(s) ran while other processes kept the CPUs busy (1-min load average up to "
+              f"{max(max(r['loadavg_before_steps'], r['loadavg_after_steps']) for r in busy):.1f} on {os.cpu_count()} CPUs, the "
+              "subprocess's own threads included): torch's OpenMP threads then wait on each other at every operator, which "
+              "slows many-operator steps most; rerun on a quiet machine or with --threads 1")
     lines = growth(results)
     if lines:
         print("\naten operators per step against classes (all aten events, nested included):")

@@ -232,14 +232,22 @@ def cmd_demo(args) -> None:
 
 
 def cmd_table_mini_world(args) -> None:
-    from .tables import MiniWorldTableConfig, mini_world_table, to_markdown, update_readme
+    from .methods import get_method
+    from .tables import LEADERBOARD, MiniWorldTableConfig, leaderboard_markdown, mini_world_table, to_markdown, trained_methods, update_readme
 
-    table = MiniWorldTableConfig(seeds=args.seeds, epochs=args.epochs, data_root=args.data_root or str(default_data_root()),
-                                 out=args.out)
-    markdown = to_markdown(table, mini_world_table(table, progress=not args.no_progress))
-    print(markdown)
+    methods = trained_methods() if args.methods == ["all"] else args.methods
+    for name in methods:
+        get_method(name)  # an unknown name fails before any run
+    if "clipfit" not in methods:
+        methods = ["clipfit", *methods]  # the per-task table shows it
+    table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
+                                 data_root=args.data_root or str(default_data_root()), out=args.out)
+    rows = mini_world_table(table, progress=not args.no_progress)
+    markdown, leaderboard = to_markdown(table, rows), leaderboard_markdown(table, rows)
+    print(markdown, leaderboard, sep="\n\n")
     if args.readme:
         update_readme(args.readme, markdown)
+        update_readme(args.readme, leaderboard, LEADERBOARD)
         print(f"updated {args.readme}")
 
 
@@ -263,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("table", help="regenerate a table the README quotes")
     table_sub = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
     t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
-                             help="mini CLIP zero-shot per mini-world task, and CLIPFit 16-shot base-to-new vs zero-shot")
+                             help="mini CLIP zero-shot per mini-world task, and every method's 16-shot base-to-new vs zero-shot")
+    t.add_argument("--methods", nargs="+", default=["all"],
+                   help="methods to compare with zero-shot (CLIPFit always; 'all': every registered method that trains)")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
-                   help=f"CLIPFit's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
-    t.add_argument("--epochs", type=int, default=defaults.TABLE_EPOCHS, help="CLIPFit's training epochs")
+                   help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
+    t.add_argument("--epochs", type=int, help="training epochs for every method (default: each method's own recipe)")
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
     t.add_argument("--out", default=defaults.TABLE_OUT, help="run folders; finished runs are reused")
     t.add_argument("--readme", type=Path, help="write the table into this README between its markers")

@@ -41,7 +41,9 @@ class RunConfig:
     # None: the dataset's own template (NOTES.md).
     template: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Training crops' area range (RandomResizedCrop's scale); None: the papers' (0.08, 1), or the dataset's
+    # own lower bound where small crops no longer show the class (`DatasetSpec.min_crop_area`).
+    crop_scale: tuple[float, float] | None = None
     # Random horizontal flips in training; None: the paper's flips, unless the dataset is not mirror-invariant.
     hflip: bool | None = None
     eval_batch_size: int = 100
@@ -240,7 +242,7 @@ def validate(config: RunConfig) -> None:
         if not getattr(config, name).strip():
             what = "an open_clip tag, a checkpoint file, 'builtin' or 'none'" if name == "pretrained" else "a name"
             raise bad(name, getattr(config, name), what)
-    low, high = config.crop_scale
+    low, high = config.crop_scale or (0.08, 1.0)
     if not (_finite(low) and _finite(high) and 0 < low <= high <= 1):
         raise bad("crop_scale", list(config.crop_scale), "two numbers 0 < low <= high <= 1")
     if config.image_cache not in IMAGE_CACHES:

@@ -30,7 +30,6 @@ DEMO_TASK = "mini_digits"
 DEMO_OUT = "runs/demo"
 DEMO_EPOCHS = 100
 TABLE_OUT = "runs/mini-world-table"
-TABLE_EPOCHS = 100
 
 
 def default_data_root() -> Path:

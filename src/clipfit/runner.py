@@ -106,6 +106,7 @@ def resolve(config: RunConfig) -> RunConfig:
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
         cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)), hflip=training_flips(config),
+        crop_scale=tuple(config.crop_scale) if config.crop_scale is not None else (spec.min_crop_area, 1.0),
     )
     validate(resolved)
     return dataclasses.replace(resolved, out=config.out or default_out(resolved))

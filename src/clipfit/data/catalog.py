@@ -111,6 +111,7 @@ for _task in WORLD_TASKS.values():
         prepare=functools.partial(generate_task, _task.name),
         test_only=_task.parent is not None,
         mirror_invariant=_task.mirror_invariant,
+        min_crop_area=_task.min_crop_area,
     )
 
 # Generic formats: `root` is the user's folder / CSV file itself, hence folder "".

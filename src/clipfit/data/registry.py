@@ -61,6 +61,9 @@ class DatasetSpec:
     # Whether a mirror image keeps the label, so training may flip images. Not for glyphs: a mirrored
     # "b" is a "d", a mirrored "7" no digit at all.
     mirror_invariant: bool = True
+    # Smallest area fraction of a training crop (RandomResizedCrop's scale (min_crop_area, 1)): the
+    # papers' 0.08, unless a crop that small no longer shows the class (the mini world's glyphs).
+    min_crop_area: float = 0.08
 
     def data_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder
