@@ -9,15 +9,22 @@ peak memory is its own, and an out-of-memory failure is recorded, not fatal), un
   ours             one full training step as `clipfit.engine.train` runs it: `method.training_loss` +
                    `method.backward` (gradients zeroed after each). The class features come from
                    `clipfit.text_encoding.encode_prompts(..., context=...)`: the learned prefix
-                   [SOS][ctx_1..ctx_M] once per step, then each class's own suffix tokens only
+                   [SOS][ctx_1..ctx_M] once per step, then each class's own suffix tokens only. On a CPU
+                   attention runs once per group of equally long suffixes (one call per distinct suffix
+                   length in each block)
+  ours-padded      `ours` with the class features computed by `encode_shared_prefix(tower, prompt_tokens,
+                   padded_attention=True, context=method.context())`, normalised: attention runs once per
+                   block over the suffixes padded to the longest, the variant CUDA uses by default. Its
+                   operator count does not depend on how many distinct suffix lengths the class names have
+                   (the `suffix lengths` column), where `ours`'s grows with them
   straightforward  the same step with the method's `class_features` replaced (on the instance) by
                    `F.normalize(encode_with_context(tower, prompt_tokens, context, truncate=False))`: every
                    class x all 77 positions through the text tower, as the official CoOp/KgCoOp code does
 
 Methods: `coop` (few-shot default, 16 random context vectors, `{"n_ctx": 16}`), `kgcoop` (its defaults:
 4 vectors from "a photo of a", W 8, hand-crafted features from "a photo of a {}." computed once by
-`prepare_training`), and `coop-ctx4` (`{"ctx_init": "a photo of a"}`, 4 vectors; `ours` only, since the
-straightforward pass and the image forward do not depend on the number of context vectors).
+`prepare_training`), and `coop-ctx4` (`{"ctx_init": "a photo of a"}`, 4 vectors; `ours` and `ours-padded`
+only, since the straightforward pass and the image forward do not depend on the number of context vectors).
 
 Per configuration: the median wall time (and process CPU time) of --steps steps after one warm-up; the
 process's resident set after setup and its peak (`ru_maxrss`) after setup and after the steps; the ratio
@@ -36,6 +43,7 @@ operator, which slows a step of many small operators far more than one of few la
 seen on 2 shared cores): the script warns when the load exceeded the CPU count.
 
     python benchmarks/prompt_step.py                      # ViT-B-16, coop coop-ctx4 kgcoop, 100 and 1000 classes
+    python benchmarks/prompt_step.py --paths ours ours-padded --classes 100 --threads 1
     python benchmarks/prompt_step.py --methods coop kgcoop --classes 100 1000 --steps 3 --batch 32 \\
         --mem-limit-gb 20 --out benchmarks/results/prompt_step.json
     python benchmarks/prompt_step.py --quick              # tiny-clip, 20 and 50 classes, 1 step: does it run
@@ -71,11 +79,11 @@ TEST_CONFIGS = ROOT / "tests" / "model_configs"
 
 # name -> (clipfit method, options, paths measured)
 METHODS = {
-    "coop": ("coop", {"n_ctx": 16}, ("image forward", "ours", "straightforward")),
-    "coop-ctx4": ("coop", {"ctx_init": "a photo of a"}, ("ours",)),
-    "kgcoop": ("kgcoop", {}, ("image forward", "ours", "straightforward")),
+    "coop": ("coop", {"n_ctx": 16}, ("image forward", "ours", "ours-padded", "straightforward")),
+    "coop-ctx4": ("coop", {"ctx_init": "a photo of a"}, ("ours", "ours-padded")),
+    "kgcoop": ("kgcoop", {}, ("image forward", "ours", "ours-padded", "straightforward")),
 }
-PATHS = ("image forward", "ours", "straightforward")
+PATHS = ("image forward", "ours", "ours-padded", "straightforward")
 
 
 @dataclass
@@ -148,6 +156,9 @@ def _setup(job: Job):
         "longest": layout.length,
         "positions_straightforward": int(tokens.numel()),
         "positions_ours": layout.rows + layout.prefix,
+        # distinct suffix lengths: `ours` makes one attention call per length per block, `ours-padded` one
+        "suffix_groups": len(layout.groups),
+        "positions_padded": int(layout.padded_rows.numel()) + layout.prefix,
     }
     return method, images, labels, prompts
 
@@ -168,6 +179,24 @@ def _use_straightforward(method) -> None:
     method.class_features = class_features  # an instance attribute: shadows the class's method
 
 
+def _use_padded(method) -> None:
+    """Replace the instance's `class_features` by the shared-prefix encoding with padded attention (one
+    attention call per block over all suffixes padded to the longest; CUDA's default, forced here)."""
+    import torch.nn.functional as F
+
+    from clipfit.text_encoding import encode_shared_prefix, supports_prefix_sharing, text_tower_or_none
+
+    tower = text_tower_or_none(method.clip)
+    if tower is None or not supports_prefix_sharing(tower):
+        raise RuntimeError(f"{type(method.clip).__name__}: the text tower does not take the shared-prefix encoding")
+
+    def class_features():
+        features = encode_shared_prefix(tower, method.prompt_tokens, padded_attention=True, context=method.context())
+        return F.normalize(features, dim=-1)
+
+    method.class_features = class_features  # an instance attribute: shadows the class's method
+
+
 def _aten_counts(fn) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -181,7 +210,7 @@ def _aten_counts(fn) -> dict:
 def _measure(job: Job) -> dict:
     import torch
 
-    out: dict = {"threads": torch.get_num_threads()}
+    out: dict = {}
     method, images, labels, out["prompts"] = _setup(job)
     out["threads"] = torch.get_num_threads()
 
@@ -194,6 +223,8 @@ def _measure(job: Job) -> dict:
     else:
         if job.path == "straightforward":
             _use_straightforward(method)
+        elif job.path == "ours-padded":
+            _use_padded(method)
         elif job.path != "ours":
             raise ValueError(job.path)
         losses = []
@@ -208,7 +239,6 @@ def _measure(job: Job) -> dict:
     out["peak_rss_after_setup_gb"] = _peak_rss_gb()
     out["address_space_after_setup_gb"] = _address_space_gb()
     out["loadavg_before_steps"] = os.getloadavg()[0]
-    out["stage"] = "steps"
     step()  # warm-up
     wall, cpu = [], []
     for _ in range(job.steps):
@@ -223,17 +253,18 @@ def _measure(job: Job) -> dict:
     if job.path != "image forward":
         out["loss"] = losses[0]
     if job.profile:
-        out["stage"] = "profile"
-        out["aten_ops_step"] = _aten_counts(step)
-        if job.path != "image forward":
+        try:
+            out["aten_ops_step"] = _aten_counts(step)
+            if job.path != "image forward":
 
-            def text_side():
-                method.class_features().sum().backward()
-                method.zero_grad(set_to_none=True)
+                def text_side():
+                    method.class_features().sum().backward()
+                    method.zero_grad(set_to_none=True)
 
-            text_side()  # warm-up outside the profiler (caches, layouts)
-            out["aten_ops_text"] = _aten_counts(text_side)
-    del out["stage"]
+                text_side()  # warm-up outside the profiler (caches, layouts)
+                out["aten_ops_text"] = _aten_counts(text_side)
+        except Exception as err:  # keep the times measured above
+            out["profile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
     return out
 
 
@@ -304,19 +335,21 @@ def _image_forward_time(results: list[dict], method: str, classes: int) -> float
 
 
 def table(results: list[dict], cap: float) -> str:
-    head = "| method | classes | path | step s | x image forward | peak RSS GB | RSS after setup GB | aten ops (step) | aten ops (text side) |"
+    head = ("| method | classes | path | suffix lengths | step s | x image forward | peak RSS GB | RSS after setup GB | "
+            "aten ops (step) | aten ops (text side) |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         status = _status(r, cap)
         if status:
-            lines.append(f"| {r['method']} | {r['classes']} | {r['path']} | {status} | - | {_fmt(r.get('peak_rss_gb'))} | - | - | - |")
+            lines.append(f"| {r['method']} | {r['classes']} | {r['path']} | - | {status} | - | {_fmt(r.get('peak_rss_gb'))} | - | - | - |")
             continue
         base = _image_forward_time(results, r["method"], r["classes"])
         ratio = r["median_s"] / base if base else None
         ops = r.get("aten_ops_step", {}).get("all")
         text = r.get("aten_ops_text", {}).get("all")
+        groups = r.get("prompts", {}).get("suffix_groups", "-")
         lines.append(
-            f"| {r['method']} | {r['classes']} | {r['path']} | {_fmt(r['median_s'], '.3g')} | {_fmt(ratio)} | "
+            f"| {r['method']} | {r['classes']} | {r['path']} | {groups} | {_fmt(r['median_s'], '.3g')} | {_fmt(ratio)} | "
             f"{_fmt(r['peak_rss_after_steps_gb'])} | {_fmt(r['rss_after_setup_gb'])} | {ops if ops is not None else '-'} | {text if text is not None else '-'} |"
         )
     return "\n".join(lines)
@@ -343,14 +376,16 @@ def growth(results: list[dict]) -> list[str]:
 
 
 def check_losses(results: list[dict]) -> list[str]:
-    """First-step losses of ours and the straightforward step (same seed, same weights): they must agree."""
+    """First-step losses of ours against ours-padded and the straightforward step (same seed, same weights):
+    they must agree."""
     out = []
     for r in results:
-        if r["path"] != "straightforward" or "loss" not in r:
+        if r["path"] not in ("ours-padded", "straightforward") or "loss" not in r:
             continue
         ours = next((o for o in results if o["path"] == "ours" and o["method"] == r["method"] and o["classes"] == r["classes"] and "loss" in o), None)
         if ours:
-            out.append(f"- {r['method']} {r['classes']} classes: loss ours {ours['loss']:.6f}, straightforward {r['loss']:.6f}, |diff| {abs(ours['loss'] - r['loss']):.1e}")
+            out.append(f"- {r['method']} {r['classes']} classes: loss ours {ours['loss']:.6f}, {r['path']} {r['loss']:.6f}, "
+                       f"|diff| {abs(ours['loss'] - r['loss']):.1e}")
     return out
 
 
@@ -364,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="which paths to measure (default: all a method has)")
+    parser.add_argument("--paths", nargs="+", default=[p.replace(" ", "-") for p in PATHS], choices=[p.replace(" ", "-") for p in PATHS],
+                        help="which paths to measure (default: all a method has)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (the median is reported)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="address-space cap of each subprocess (RLIMIT_AS); 0: none")
@@ -393,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         for classes in sorted(args.classes):
             for path in METHODS[method][2]:
-                if path not in args.paths:
+                if path.replace(" ", "-") not in args.paths:
                     continue
                 job = Job(model=args.model, method=method, classes=classes, path=path, batch=args.batch, steps=args.steps, seed=args.seed,
                           threads=args.threads, mem_limit_gb=args.mem_limit_gb, config_dirs=tuple(config_dirs), profile=not args.no_profile)
@@ -410,17 +446,19 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, args.mem_limit_gb))
     busy = [r for r in results if max(r.get("loadavg_before_steps", 0), r.get("loadavg_after_steps", 0)) > (os.cpu_count() or 1) + 0.5]
     if busy:
+        load = max(max(r["loadavg_before_steps"], r["loadavg_after_steps"]) for r in busy)
+        why = ("torch's OpenMP threads then wait on each other at every operator, which slows many-operator steps "
+               "most; rerun on a quiet machine or with --threads 1") if any(r.get("threads", 1) > 1 for r in busy) else \
+              "wall times include time-sharing with other processes (the JSON also has CPU times)"
         print(f"\nwarning: {len(busy)} measurement(s) ran while other processes kept the CPUs busy (1-min load average up to "
-              f"{max(max(r['loadavg_before_steps'], r['loadavg_after_steps']) for r in busy):.1f} on {os.cpu_count()} CPUs, the "
-              "subprocess's own threads included): torch's OpenMP threads then wait on each other at every operator, which "
-              "slows many-operator steps most; rerun on a quiet machine or with --threads 1")
+              f"{load:.1f} on {os.cpu_count()} CPUs, the subprocess's own threads included): {why}")
     lines = growth(results)
     if lines:
         print("\naten operators per step against classes (all aten events, nested included):")
         print("\n".join(lines))
     lines = check_losses(results)
     if lines:
-        print("\nfirst-step loss, ours against straightforward (same weights and batch):")
+        print("\nfirst-step loss, ours against ours-padded and straightforward (same weights and batch):")
         print("\n".join(lines))
     save()
     print(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")

@@ -356,3 +356,60 @@ def test_inherent_parameter_variants_select_by_structure():
     assert any(k.startswith("visual.") for k in keys) and any(k.startswith("transformer.") for k in keys)
     assert all(k.endswith(("bias", "in_proj_bias")) for k in keys)
     assert set(build("ln-only").trainable_parameters()) == {k for k in build("clipfit").trainable_parameters() if k.startswith("visual.")}
+
+
+def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(eurosat_root, tmp_path):
+    # A test-only method: the class means of the (augmented) training images' features, fitted in one pass
+    # with no gradient. It cannot name classes it never saw, so base-to-new refuses it.
+    class ClassMeans(Method):
+        name = "test-class-means"
+        fits = True
+        classifies_unseen_classes = False
+
+        def add_modules(self):
+            self.register_buffer("class_means", torch.zeros(len(self.classnames), self.clip.visual.output_dim))
+
+        def fit(self, batches):
+            sums, counts = torch.zeros_like(self.class_means), torch.zeros(len(self.class_means))
+            seen = 0
+            for images, labels in batches:
+                sums.index_add_(0, labels, self.encode_images(images))
+                counts += torch.bincount(labels, minlength=len(counts))
+                seen += len(labels)
+            self.class_means.copy_(sums / counts[:, None])
+            return {"images": seen}
+
+        def classifier(self):
+            return F.normalize(self.class_means, dim=-1)
+
+    register_method(ClassMeans)
+    try:
+        config = RunConfig(method="test-class-means", model=TINY_MODEL, pretrained="none", dataset="eurosat",
+                           data_root=str(eurosat_root), protocol="few-shot", shots=4, seeds=[1], out=str(tmp_path / "run"))
+        summary = api.run(config, progress=False, echo=False)
+        accuracy = summary["per_seed"][0]["accuracy"]
+        assert accuracy > 50.0  # four colours, four classes: the class means separate them
+        loaded = load_adapter(tmp_path / "run" / "seed1" / "adapter.safetensors")
+        assert loaded.class_means.abs().sum() > 0
+        assert api.evaluate_run(tmp_path / "run" / "seed1", progress=False)["accuracy"] == accuracy
+        assert "images=16" in (tmp_path / "run" / "seed1" / "log.txt").read_text()
+    finally:
+        del METHODS["test-class-means"]
+
+
+def test_a_format_1_clipfit_adapter_still_loads(tmp_path):
+    # Format 1 (before added modules existed): backbone tensors only, no precision in the metadata.
+    from safetensors.torch import save_file
+
+    method = build("clipfit")
+    with torch.no_grad():
+        for p in method.trainable_parameters().values():
+            p.add_(0.01)
+    tensors = {k: v.contiguous() for k, v in method.adapter_state().items()}
+    meta = {"format": "clipfit-adapter/1", "clipfit_version": "0.1.0", "model": TINY_MODEL, "pretrained": "none",
+            "method": "clipfit", "method_options": '{"beta": 8.0}', "classnames": '["annual crop", "forest", "herbaceous vegetation", "highway"]',
+            "template": TEMPLATE, "weights": weights_fingerprint(TINY_MODEL, "none")}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded = load_adapter(tmp_path / "old.safetensors")
+    for key, value in tensors.items():
+        assert torch.equal(loaded.trainable_parameters()[key].detach(), value)

@@ -55,10 +55,11 @@ def fewshot_base(root, shots=4, seed=1):
     return data.subsample_classes(splits, "base")
 
 
-def tuned(root, options, epochs=10, lr=0.01):
+def tuned(root, options, epochs=10, lr=0.01, method="clipfit"):
     splits = fewshot_base(root)
     backbone = load_backbone("mini-clip", "builtin")
-    method = build_method("clipfit", backbone, splits.classnames, splits.template, options)
+    torch.manual_seed(1)  # a prompt learner's random context
+    method = build_method(method, backbone, splits.classnames, splits.template, options)
     train_set, test_set = datasets(backbone, splits)
     train(method, train_set, OptimConfig(epochs=epochs, batch_size=16, warmup_epochs=0, lr=lr), seed=1, progress=False)
     return method, test_set
@@ -71,6 +72,18 @@ def test_clipfit_raises_base_accuracy_over_zero_shot(mini_root):
     zero_accuracy = evaluate(zero, datasets(backbone, splits)[1], progress=False)["accuracy"]
     method, test_set = tuned(mini_root, {"beta": 8.0})
     assert evaluate(method, test_set, progress=False)["accuracy"] >= zero_accuracy + MARGIN
+
+
+def test_prompt_learner_raises_base_accuracy_over_zero_shot(mini_root):
+    # Measured: 4-shot base accuracy 64.7 zero-shot -> 74.0 after 20 epochs of CoOp (16 random context
+    # vectors, its few-shot default) at lr 0.01 (seed 1); the test asks for 5 of the 9.3. With the context
+    # initialised from "a photo of a": 68.0; MaPLe (depth 3, 10 epochs): 70.0.
+    splits = fewshot_base(mini_root)
+    backbone = load_backbone("mini-clip", "builtin")
+    zero = build_method("zeroshot", backbone, splits.classnames, splits.template)
+    zero_accuracy = evaluate(zero, datasets(backbone, splits)[1], progress=False)["accuracy"]
+    method, test_set = tuned(mini_root, {}, epochs=20, method="coop")
+    assert evaluate(method, test_set, progress=False)["accuracy"] >= zero_accuracy + 5.0
 
 
 def mean_cosine_to_pretrained(method) -> float:

@@ -64,7 +64,7 @@ def first_step(splits, precision: str):
     with autocast(CPU, precision):
         _, parts = method.training_loss(images, labels)
         # With autograd on, as in the step (without it, attention may take another kernel: fp16 MHA's fast path).
-        image = method.image_features(images).detach().double()
+        image = method.encode_images(images).detach().double()
         text = method.class_features().detach().double()
     return parts, image, text, method.backbone.logit_scale.item(), labels
 

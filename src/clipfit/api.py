@@ -86,10 +86,10 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, de
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
     results = []
     with torch.no_grad():
-        class_features = method.class_features()
+        classifier = method.classifier()
         for path in images:
             tensor = test_tf(data.open_image(path)).unsqueeze(0).to(method.backbone.device)
-            probs = method.logits(tensor, class_features).softmax(dim=-1)[0]
+            probs = method.logits(tensor, classifier).softmax(dim=-1)[0]
             top = probs.topk(min(top_k, len(method.classnames)))
             results.append({"image": str(path), "top": [(method.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
     return results

@@ -181,6 +181,8 @@ def train(
     if not method.trains:
         return history
     optim = complete(optim)
+    if method.fits:
+        return [_fit(method, dataset, optim, seed=seed, num_workers=num_workers, log=log, precision=precision)]
     if not optim.epochs or optim.epochs < 1:
         raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
@@ -232,6 +234,22 @@ def train(
     bar.close()
     method.eval()
     return history
+
+
+def _fit(method: Method, dataset: Dataset, optim: OptimConfig, *, seed: int, num_workers: int,
+         log: Callable[[str], None], precision: str) -> dict[str, float]:
+    """A training-free method's one pass over the training set (in the loader's order, every image)."""
+    torch.manual_seed(seed)  # the training transform's random augmentations
+    device = method.backbone.device
+    apply_precision(method, precision)
+    method.eval()
+    loader = _loader(dataset, optim.batch_size, train=False, num_workers=num_workers, seed=seed)
+    moved = ((images.to(device), labels.to(device)) for images, labels in batches(loader))
+    with torch.no_grad(), autocast(device, precision):
+        method.prepare_training()
+        record = {"epoch": 0, **method.fit(moved)}
+    log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    return record
 
 
 @torch.no_grad()

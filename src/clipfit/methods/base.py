@@ -53,8 +53,11 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     # Options a registered variant fixes (`register_variant`): `coop+ln` is `coop` with layernorm=True.
     preset: ClassVar[dict] = {}
-    # Methods that do not train (zero-shot) skip the training loop entirely.
+    # Methods that do not train (zero-shot) skip the training loop entirely (and draw no few-shot set).
     trains: ClassVar[bool] = True
+    # Training-free methods (a feature cache, a closed-form probe): `fit` sees the training set once,
+    # without gradients, instead of the optimisation loop; the run folder and adapter file are the same.
+    fits: ClassVar[bool] = False
     # Whether the classifier is built from class names alone, so that it can classify classes it never
     # trained on (base-to-new's "new" half). A linear head cannot: base-to-new refuses it up front.
     classifies_unseen_classes: ClassVar[bool] = True
@@ -69,6 +72,7 @@ class Method(nn.Module):
         self.clip.requires_grad_(False)
         # Remarks for the user about how the method applies to this backbone.
         self.notes: list[str] = []
+        self.classnames = list(classnames)  # the training classes, for modules sized by them
         self.add_modules()
         self.set_classes(classnames)
 
@@ -153,6 +157,11 @@ class Method(nn.Module):
     def prepare_training(self) -> None:
         """Compute once, before the first step, whatever the loss compares against."""
 
+    def fit(self, batches) -> dict[str, float]:
+        """A training-free method's fit: one pass over (images, labels) batches of the training set, on the
+        backbone's device, under no_grad; returns figures for the log. Only called when `fits` is True."""
+        raise NotImplementedError(f"method {self.name!r} sets fits = True but has no fit()")
+
     # Precision. The towers run in whatever precision the engine's autocast (or fp16 weights) gives; every
     # feature is normalised, every cosine similarity and logit and every loss term computed in fp32 from
     # there, outside autocast, for every method: a bf16 cosine is rounded to 2^-9 near 1, which would turn
@@ -177,10 +186,6 @@ class Method(nn.Module):
         images = images.to(self._image_input_dtype(images))
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.image_tower_trains):
             return normalize_fp32(self.clip.encode_image(images))
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm fp32 image features [batch, dim]."""
-        return self.encode_images(images)
 
     def classifier(self) -> torch.Tensor | None:
         """What `logits_from_features` compares images against, computed once per evaluation (the unit-norm
