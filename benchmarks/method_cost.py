@@ -12,7 +12,8 @@ Python subprocess (so that memory peaks do not mix):
   training    one step = `loss, _ = method.training_loss(images, labels)`, `method.backward(loss, identity)`,
               an SGD step at lr 1e-9 (the weights stay nearly as they were), gradients set to None;
               the median of --steps steps after 1 warm-up, divided by the batch size. Zero-shot trains
-              nothing: no training time
+              nothing: no training time. A training-free method (`method.fits`) is timed through one
+              `method.fit` over --steps batches (after a 1-batch warm-up), per image
   inference   `method.eval()`; under `torch.no_grad()` `classifier = method.classifier()` once (its time is
               recorded apart), then `method.logits(images, classifier)` per batch: median of --steps
               batches after 1 warm-up, divided by the batch size. CoCoOp's `classifier()` is None and its
@@ -162,7 +163,21 @@ def _measure(job: Job) -> dict:
         out["peak_rss_setup_gb"] = _ru_maxrss_gb()  # before the reset: setup's own peak (model building)
         out["peak_reset"] = _reset_peak_rss()
 
-    if method.trains and params:
+    # A training-free method (`method.fits`, none registered yet) sees the training set once through
+    # `fit` instead of optimisation steps: its time is that of `fit` over --steps batches, per image.
+    fits = bool(getattr(method, "fits", False))
+    out["training"] = "none" if not method.trains else "fit" if fits else "steps"
+    if method.trains and fits:
+        method.eval()  # as `clipfit.engine` runs a fit: eval mode, no gradients
+        with torch.no_grad():
+            method.fit(iter([(images, labels)]))  # warm-up
+            sync()
+            start = time.perf_counter()
+            method.fit(iter([(images, labels)] * job.steps))
+            sync()
+        out["fit_s"] = time.perf_counter() - start
+        out["train_ms_per_image"] = 1000 * out["fit_s"] / (job.steps * job.batch)
+    elif method.trains and params:
         optimizer = torch.optim.SGD(params, lr=1e-9)  # a step that leaves the weights nearly unchanged
         losses = []
 
@@ -185,6 +200,7 @@ def _measure(job: Job) -> dict:
         out["train_ms_per_image"] = 1000 * statistics.median(times) / job.batch
         out["loss"] = losses[0]
 
+    if "train_ms_per_image" in out:
         if cuda:
             out["train_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         elif out["peak_reset"]:

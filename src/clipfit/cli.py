@@ -239,7 +239,7 @@ def cmd_table_mini_world(args) -> None:
     for name in methods:
         get_method(name)  # an unknown name fails before any run
     if "clipfit" not in methods:
-        methods = ["clipfit", *methods]  # the per-task table shows it
+        methods = [*methods, "clipfit"]  # the per-task table shows it
     table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
                                  data_root=args.data_root or str(default_data_root()), out=args.out)
     rows = mini_world_table(table, progress=not args.no_progress)
