@@ -284,8 +284,8 @@ def test_table_mean_row_hm_is_the_hm_of_the_mean_base_and_mean_new_over_tasks():
     def row(task, base, new):
         return {"task": task, "classes": 10, "zeroshot_all": 50.0,
                 "zeroshot": {"base": 50.0, "new": 50.0, "hm": 50.0},
-                "clipfit": {"base": base, "new": new, "hm": harmonic_mean(base, new)},
-                "clipfit_std": {"base": 0.0, "new": 0.0, "hm": 0.0}}
+                "methods": {"clipfit": {"mean": {"base": base, "new": new, "hm": harmonic_mean(base, new)},
+                                        "std": {"base": 0.0, "new": 0.0, "hm": 0.0}, "seconds": 1.0}}}
 
     lines = to_markdown(MiniWorldTableConfig(seeds=[1]), [row("mini_a", 80.0, 40.0), row("mini_b", 60.0, 80.0)]).splitlines()
     assert "HM of the mean Base and New" in lines[0]

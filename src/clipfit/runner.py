@@ -106,10 +106,18 @@ def resolve(config: RunConfig) -> RunConfig:
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
         cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)), hflip=training_flips(config),
-        crop_scale=tuple(config.crop_scale) if config.crop_scale is not None else (spec.min_crop_area, 1.0),
+        crop_scale=training_crop_scale(config),
     )
     validate(resolved)
     return dataclasses.replace(resolved, out=config.out or default_out(resolved))
+
+
+def training_crop_scale(config: RunConfig) -> tuple[float, float]:
+    """The training crops' area range: as the config says, else the papers' (0.08, 1) or the dataset's own
+    lower bound (`DatasetSpec.min_crop_area`)."""
+    if config.crop_scale is not None:
+        return tuple(config.crop_scale)
+    return (data.get_spec(config.dataset).min_crop_area, 1.0)
 
 
 def training_flips(config: RunConfig) -> bool:
@@ -263,7 +271,7 @@ def image_datasets(backbone: Backbone, config: RunConfig):
         "resized-approximate": {"cache_bytes": config.image_cache_mb * 2**20, "resize_short_side": p.image_size},
         "none": {},
     }[config.image_cache]
-    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=tuple(config.crop_scale),
+    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=training_crop_scale(config),
                                     hflip=training_flips(config))
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
     return (

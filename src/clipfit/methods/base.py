@@ -237,6 +237,12 @@ class Method(nn.Module):
                 t.copy_(state[name].to(t.dtype))
 
 
+def require_prepared(method: Method, attribute: str) -> None:
+    """`ClipFitError` when the target that `prepare_training` computes is missing."""
+    if getattr(method, attribute, None) is None:
+        raise ClipFitError(f"{method.name}: prepare_training() must run before the first step")
+
+
 def feature_distance(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 - mean_i cos(features_i, targets_i) of [classes, dim] features, in fp32 (CLIPFit's and KgCoOp's
     term), computed as mean_i |f^_i - t^_i|^2 / 2 on the unit vectors: equal to 1 - cos in exact

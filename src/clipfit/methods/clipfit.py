@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..backbone import image_block_biases, image_layernorms, text_block_biases, text_mlp_linears, text_mlp_output_projections
 from ..errors import ClipFitError
 from ..text_encoding import fp32
-from .base import Method, MethodConfig, feature_distance, register_method, register_variant, select_parameters
+from .base import Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared, select_parameters
 
 REGULARIZERS = ("kd", "bias-mse", "none")
 
@@ -152,8 +152,7 @@ class CLIPFit(Method):
             return class_features.new_zeros((), dtype=torch.float32)
 
     def training_loss(self, images, labels):
-        if self.pretrained_class_features is None:
-            raise ClipFitError("clipfit: prepare_training() must run before the first step")
+        require_prepared(self, "pretrained_class_features")
         # One text pass feeds both the logits and the distillation term; both, and the loss, in fp32.
         class_features = self.class_features()
         logits = self.logits(images, class_features)

@@ -28,7 +28,7 @@ from torch import nn
 from ..backbone import image_layernorms, text_tower
 from ..errors import ClipFitError
 from ..text_encoding import PromptContext, encode_prompts, fp32
-from .base import Method, MethodConfig, feature_distance, register_method, register_variant, select_parameters
+from .base import Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared, select_parameters
 
 # CoOp's few-shot schedule by shots (COOP.md, scripts/coop/main.sh: *_ep50, *_ep100, plain = 200 epochs);
 # ImageNet trains 50 epochs at every shot count.
@@ -205,6 +205,7 @@ class KgCoOp(CoOp):
             self.handcrafted_features = encode_prompts(self.clip, tokens).detach()
 
     def training_loss(self, images, labels):
+        require_prepared(self, "handcrafted_features")
         class_features = self.class_features()
         logits = self.logits(images, class_features)
         with fp32(logits.device):
@@ -300,6 +301,7 @@ class ProGrad(CoOp):
             self.teacher_features = encode_prompts(self.clip, tokens).detach()
 
     def training_loss(self, images, labels):
+        require_prepared(self, "teacher_features")
         image_features = self.encode_images(images)
         logits = self.logits_from_features(image_features, self.class_features())
         teacher = self.logits_from_features(image_features, self.teacher_features).detach()
