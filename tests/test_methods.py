@@ -29,8 +29,6 @@ from clipfit.text_encoding import PromptContext, encode_prompts, encode_with_con
 from conftest import CLASSNAMES, TINY_MODEL
 
 TEMPLATE = "a photo of a {}."
-# The tiny CLIP has 2 blocks per tower: MaPLe's 9 prompted blocks become 2.
-TINY_OPTIONS = {"maple": {"depth": 2}}
 
 # Trainable counts on ViT-B/16 with the base-to-new defaults, worked out by hand from the shapes
 # (text width 512, 12 blocks each, image width 768) and, where the paper states one, equal to it:
@@ -77,7 +75,7 @@ def build(name: str, classnames=CLASSNAMES[:4], backbone=None, **options) -> Met
     cls = get_method(name)
     torch.manual_seed(0)
     backbone = backbone or load_backbone(TINY_MODEL, "none")
-    options = {**cls.protocol_defaults("base2new", "imagefolder"), **TINY_OPTIONS.get(name, {}), **options}
+    options = {**cls.protocol_defaults("base2new", "imagefolder"), **options}
     return build_method(name, backbone, list(classnames), TEMPLATE, options)
 
 
@@ -170,7 +168,7 @@ def test_coop_has_16_context_vectors_for_few_shot_and_4_for_base_to_new():
 @pytest.mark.parametrize("name", list(METHODS))
 def test_base_to_new_classifies_new_classes_or_is_refused_up_front(name, eurosat_root):
     config = RunConfig(method=name, model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
-                       protocol="base2new", method_options=TINY_OPTIONS.get(name, {}))
+                       protocol="base2new")
     if not get_method(name).classifies_unseen_classes:
         with pytest.raises(ClipFitError, match="cannot classify classes it did not train on"):
             resolve(config)
@@ -342,7 +340,8 @@ def test_maple_vision_prompts_are_the_coupling_function_of_its_text_prompts(monk
     method.encode_images(images)
     learner = method.prompt_learner
     (prompts,) = seen
-    assert len(prompts) == method.config.depth
+    assert len(prompts) == method.depth == 2  # the tiny CLIP's 2 blocks, all prompted (the paper's 9 on ViT-B/16)
+    assert "prompts in all of them" in method.notes[0]
     torch.testing.assert_close(prompts[0], learner.ctx @ learner.proj.weight.t() + learner.proj.bias)
     for k, (text, coupling) in enumerate(zip(learner.compound_prompts_text, learner.compound_prompt_projections), start=1):
         torch.testing.assert_close(prompts[k], text @ coupling.weight.t() + coupling.bias)

@@ -11,7 +11,8 @@ As the official code runs it (muzairkhattak/multimodal-prompt-learning @69bce21,
 from the first two tokens of "a photo of a", deep text prompts ~ N(0, 0.02^2), couplings with PyTorch's
 default Linear init; batch 4, lr 0.0035, 5 epochs for base-to-new and (no official few-shot recipe exists,
 PromptSRC#13, #21) few-shot; the cross-dataset and domain-generalisation config: J = 3, lr 0.0026,
-2 epochs. 3,555,072 trainable parameters on ViT-B/16 (the paper's 3.55M). The official code casts the
+2 epochs. 3,555,072 trainable parameters on ViT-B/16 (the paper's 3.55M). A backbone with fewer than
+9 blocks in a tower (the built-in mini CLIP: 3 text blocks) gets prompts in every block, with a note. The official code casts the
 prompts to fp16 inside its forward even in fp32 runs; ours keeps them in the run's precision.
 """
 
@@ -28,18 +29,21 @@ from .base import Method, MethodConfig, register_method
 from .prompts import PromptLearner
 
 TRANSFER_PROTOCOLS = ("cross-dataset", "distribution-shift")
+PAPER_DEPTH = 9
 
 
 @dataclass
 class MaPLeConfig(MethodConfig):
     n_ctx: int = 2
     ctx_init: str = "a photo of a"
-    depth: int = 9  # J: blocks of each tower that get prompts (1: the input only)
+    # J: blocks of each tower that get prompts (1: the input only). None: the paper's 9, or every block of
+    # a backbone whose shallower tower has fewer (the mini CLIP's 3-block text tower).
+    depth: int | None = None
 
     def check(self):
         if not (isinstance(self.n_ctx, int) and 1 <= self.n_ctx <= 64):
             raise ClipFitError(f"method maple: n_ctx must be an integer from 1 to 64, got {self.n_ctx!r}")
-        if not (isinstance(self.depth, int) and self.depth >= 1):
+        if self.depth is not None and not (isinstance(self.depth, int) and self.depth >= 1):
             raise ClipFitError(f"method maple: depth must be an integer >= 1, got {self.depth!r}")
 
 
@@ -52,16 +56,19 @@ class MaPLe(Method):
     def add_modules(self):
         width = vision_width(self.clip)  # BackboneError for a ResNet image tower
         blocks = min(len(text_tower(self.clip).transformer.resblocks), len(self.clip.visual.transformer.resblocks))
-        if self.config.depth > blocks:
-            raise ClipFitError(f"method maple: depth {self.config.depth} exceeds the towers' {blocks} blocks")
+        self.depth = self.config.depth or min(PAPER_DEPTH, blocks)
+        if self.depth > blocks:
+            raise ClipFitError(f"method maple: depth {self.depth} exceeds the towers' {blocks} blocks")
+        if self.depth < PAPER_DEPTH and self.config.depth is None:
+            self.notes.append(f"the towers have {blocks} blocks: prompts in all of them (the paper's depth is {PAPER_DEPTH})")
         learner = PromptLearner(self.backbone, self.config.n_ctx, self.config.ctx_init)
         text_width = learner.ctx.shape[1]
         device = learner.ctx.device
         learner.proj = nn.Linear(text_width, width).to(device)
         learner.compound_prompts_text = nn.ParameterList(
-            [nn.Parameter(learner.ctx.new_empty(learner.n_ctx, text_width).normal_(std=0.02)) for _ in range(self.config.depth - 1)])
+            [nn.Parameter(learner.ctx.new_empty(learner.n_ctx, text_width).normal_(std=0.02)) for _ in range(self.depth - 1)])
         learner.compound_prompt_projections = nn.ModuleList(
-            [nn.Linear(text_width, width).to(device) for _ in range(self.config.depth - 1)])
+            [nn.Linear(text_width, width).to(device) for _ in range(self.depth - 1)])
         self.prompt_learner = learner
 
     @classmethod
