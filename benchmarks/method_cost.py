@@ -50,19 +50,20 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 try:
+    from . import memory
     from .prompt_step import TEMPLATE, _fmt, class_names, environment
 except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import memory
     from prompt_step import TEMPLATE, _fmt, class_names, environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,32 +91,12 @@ class Job:
 # ---------------------------------------------------------------- in the subprocess
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def _ru_maxrss_gb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak resident set (VmHWM) to the current one; False where that is unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
-def _vmhwm_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    raise OSError("no VmHWM in /proc/self/status")
 
 
 def _measure(job: Job) -> dict:
@@ -159,9 +140,9 @@ def _measure(job: Job) -> dict:
         out["memory_after_setup_gb"] = torch.cuda.memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        out["memory_after_setup_gb"] = _rss_gb()
-        out["peak_rss_setup_gb"] = _ru_maxrss_gb()  # before the reset: setup's own peak (model building)
-        out["peak_reset"] = _reset_peak_rss()
+        out["memory_after_setup_gb"] = memory.rss_gb()
+        out["peak_rss_setup_gb"] = memory.max_rss_gb()  # before the reset: setup's own peak (model building)
+        out["peak_reset"] = memory.reset_peak_rss()
 
     # A training-free method (`method.fits`, none registered yet) sees the training set once through
     # `fit` instead of optimisation steps: its time is that of `fit` over --steps batches, per image.
@@ -204,10 +185,10 @@ def _measure(job: Job) -> dict:
         if cuda:
             out["train_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         elif out["peak_reset"]:
-            out["steps_peak_rss_gb"] = _vmhwm_gb()  # the steps' own peak (from the reset on)
+            out["steps_peak_rss_gb"] = memory.peak_rss_gb()  # the steps' own peak (from the reset on)
             out["train_peak_gb"] = max(out["peak_rss_setup_gb"], out["steps_peak_rss_gb"])
         else:
-            out["train_peak_gb"] = _ru_maxrss_gb()  # whole-process peak: a setup peak above the steps' hides theirs
+            out["train_peak_gb"] = memory.max_rss_gb()  # whole-process peak: a setup peak above the steps' hides theirs
         # What the training steps add to the memory held after setup (activations, gradients, optimizer).
         steps_peak = out.get("steps_peak_rss_gb", out["train_peak_gb"])
         out["train_rise_gb"] = steps_peak - out["memory_after_setup_gb"]

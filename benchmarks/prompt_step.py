@@ -70,6 +70,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 try:
+    from . import memory
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import memory
+
+try:
     from .step_time import TEMPLATE, _fmt, class_names, environment
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     from step_time import TEMPLATE, _fmt, class_names, environment
@@ -104,20 +109,10 @@ class Job:
 # ---------------------------------------------------------------- in the subprocess
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def _address_space_gb() -> float:
-    """VmSize: what RLIMIT_AS caps (torch's own mappings count, not only what is resident)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def _peak_rss_gb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
 
 def _is_memory_error(err: BaseException) -> bool:
@@ -235,9 +230,9 @@ def _measure(job: Job) -> dict:
             losses.append(loss.item())
             method.zero_grad(set_to_none=True)
 
-    out["rss_after_setup_gb"] = _rss_gb()
-    out["peak_rss_after_setup_gb"] = _peak_rss_gb()
-    out["address_space_after_setup_gb"] = _address_space_gb()
+    out["rss_after_setup_gb"] = memory.rss_gb()
+    out["peak_rss_after_setup_gb"] = memory.max_rss_gb()
+    out["address_space_after_setup_gb"] = memory.address_space_gb()
     out["loadavg_before_steps"] = os.getloadavg()[0]
     step()  # warm-up
     wall, cpu = [], []
@@ -246,7 +241,7 @@ def _measure(job: Job) -> dict:
         step()
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
-    out["peak_rss_after_steps_gb"] = _peak_rss_gb()
+    out["peak_rss_after_steps_gb"] = memory.max_rss_gb()
     out["loadavg_after_steps"] = os.getloadavg()[0]
     out["step_peak_rise_gb"] = out["peak_rss_after_steps_gb"] - out["rss_after_setup_gb"]
     out.update(median_s=statistics.median(wall), times_s=wall, median_cpu_s=statistics.median(cpu), cpu_times_s=cpu)
@@ -279,7 +274,7 @@ def _child(job: Job, result_path: str) -> int:
         result = {
             "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500],
             "did_not_fit": _is_memory_error(err),
-            "peak_rss_gb": _peak_rss_gb(),
+            "peak_rss_gb": memory.max_rss_gb(),
             "trace": traceback.format_exc(limit=4)[-2000:],
         }
     Path(result_path).write_text(json.dumps(result))

@@ -43,13 +43,17 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import statistics
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from . import memory
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import memory
 
 # 240 common English words; class names are 1-4 of them, so prompts have realistic, varied lengths.
 WORDS = """
@@ -103,28 +107,10 @@ class Config:
 # ---------------------------------------------------------------- measurement helpers (in the subprocess)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
-def _peak_rss_mb(reset_worked: bool) -> float:
-    if reset_worked:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 class MemoryMeter:
@@ -141,14 +127,14 @@ class MemoryMeter:
             self.base = torch.cuda.memory_allocated() / 2**20
             self.how = "cuda max_memory_allocated - memory_allocated after setup"
         else:
-            self.base = _rss_mb()
-            self.reset = _reset_peak_rss()
+            self.base = memory.rss_gb() * 1024
+            self.reset = memory.reset_peak_rss()
             self.how = "VmHWM (reset after setup) - RSS after setup" if self.reset else "ru_maxrss - RSS after setup (a setup peak above the steps' would hide theirs)"
 
     def peak_mb(self) -> float:
         if self.cuda:
             return self.torch.cuda.max_memory_allocated() / 2**20 - self.base
-        return _peak_rss_mb(self.reset) - self.base
+        return memory.peak_rss_gb(self.reset) * 1024 - self.base
 
 
 def _sync(device) -> None:

@@ -18,13 +18,14 @@ up to 40,000 elements, else 2,048 evenly spaced elements and the norm (MaPLe's c
 result disables the official code's fp16 casts of its prompts (the reference README explains why). Only
 these numbers are committed, never the official code.
 
-Both stored ProGrad cases have CE and KD gradients that agree (cos 0.21 and 0.50), as did 27 other seeds
+Both stored ProGrad cases have CE and KD gradients that agree (cos 0.21 and 0.45), as did 27 other seeds
 and learnable values drawn 25x larger on these weights: the projection branch is held to the rule in
 `test_methods.py` (`test_prograd_*`), and here to the official CE and KD gradients it combines.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -54,16 +55,21 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def stored():
+@functools.lru_cache(maxsize=1)
+def stored_outputs() -> dict[str, torch.Tensor]:
     return load_file(str(DATA / "prompts_reference_vitb32.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def backbone():
+@functools.lru_cache(maxsize=1)
+def reference_backbone():
     bb = load_backbone("ViT-B-32-quickgelu", "none")
     bb.model.load_state_dict(random_openai_state_dict({k: v.shape for k, v in bb.model.state_dict().items()}, seed=0))
     return bb
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return stored_outputs()
 
 
 def official_values(case: dict) -> dict[str, torch.Tensor]:
@@ -77,12 +83,13 @@ def official_values(case: dict) -> dict[str, torch.Tensor]:
     return values
 
 
-@pytest.fixture(scope="module", params=CASES)
-def ours(request, backbone, stored):
-    """(case name, its stored record, our method, loss, parts, logits) on the reference batch and values."""
-    name = request.param
+@functools.lru_cache(maxsize=None)
+def run_case(name: str):
+    """(case name, its stored record, our method, loss, parts, logits, images) on the reference batch and
+    learnable values, computed once per case."""
+    stored = stored_outputs()
     case = META["cases"][name]
-    method = build_method(case["method"], backbone, META["classnames"], TEMPLATE, OPTIONS[name])
+    method = build_method(case["method"], reference_backbone(), META["classnames"], TEMPLATE, OPTIONS[name])
     values = official_values(case)
     params = method.trainable_parameters()
     assert sorted(params) == sorted(f"method.{n}" for n in case["names"])  # the official tensors, by their names
@@ -101,6 +108,11 @@ def ours(request, backbone, stored):
     with torch.no_grad():
         logits = method.logits(images, method.classifier())
     return name, case, method, loss, parts, logits, images
+
+
+@pytest.fixture(scope="module", params=CASES)
+def ours(request):
+    return run_case(request.param)
 
 
 def assert_close_rel(ours: torch.Tensor, theirs: torch.Tensor, rel: float, what: str):
@@ -156,10 +168,9 @@ def test_gradients_equal_the_official_ones(ours, stored):
         assert_close_rel(_grad_sample(case, "grad", n, grad), stored[f"{name}/grad/{n}"], 1e-4, f"grad of {n}")
 
 
-def test_prograd_combines_the_official_ce_and_kd_gradients(ours, stored):
-    name, case, method, loss, parts, logits, images = ours
-    if case["method"] != "prograd":
-        pytest.skip("ProGrad only")
+@pytest.mark.parametrize("case_name", [name for name in CASES if META["cases"][name]["method"] == "prograd"])
+def test_prograd_combines_the_official_ce_and_kd_gradients(case_name, stored):
+    name, case, method, loss, parts, logits, images = run_case(case_name)
     params = method.trainable_parameters()
     loss, _ = method.training_loss(images, stored["labels"])
     g_kd = torch.autograd.grad(method._kd, list(params.values()), retain_graph=True)
