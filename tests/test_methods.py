@@ -412,3 +412,28 @@ def test_a_format_1_clipfit_adapter_still_loads(tmp_path):
     loaded = load_adapter(tmp_path / "old.safetensors")
     for key, value in tensors.items():
         assert torch.equal(loaded.trainable_parameters()[key].detach(), value)
+
+
+def test_options_that_cannot_work_are_refused_naming_the_option(tmp_path):
+    with pytest.raises(ClipFitError, match="option ctx_init has 70 words; the context takes at most 64"):
+        build("coop", ctx_init=" ".join(["x"] * 70))
+    with pytest.raises(ClipFitError, match="option n_ctx must be an integer from 1 to 64, got 0"):
+        build("maple", n_ctx=0)
+    with pytest.raises(ClipFitError, match="ln-only: nothing to train on this backbone"):
+        api.count_parameters("ln-only", "RN50")
+    from clipfit.cli import main
+
+    with pytest.raises(SystemExit), pytest.MonkeyPatch.context() as mp:
+        errors = []
+        mp.setattr("sys.stderr.write", errors.append)
+        main(["train", "--method", "kgcoop", "--beta", "5", "--dataset", "mini_colors", "--out", str(tmp_path / "x")])
+    assert any("--beta does not apply to method 'kgcoop'" in e and "w" in e for e in errors)
+
+
+def test_load_adapter_takes_a_seed_folder_or_its_file(trained, tmp_path):
+    method, *_ = trained
+    info = AdapterInfo(model=TINY_MODEL, pretrained="none", method=method.name,
+                       method_options=dataclasses.asdict(method.config), classnames=method.classnames,
+                       template=method.template, weights=weights_fingerprint(TINY_MODEL, "none"))
+    save_adapter(tmp_path / "adapter.safetensors", method.adapter_state(), info)
+    assert type(load_adapter(tmp_path)) is type(load_adapter(tmp_path / "adapter.safetensors")) is type(method)

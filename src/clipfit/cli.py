@@ -124,7 +124,14 @@ def _config_from_args(args):
     options.update(dict(args.options))
     from .methods import get_method
 
-    if args.beta is not None and get_method(args.method or config.method).trains:  # else ignored, with a note
+    method = get_method(args.method or config.method)
+    if args.beta is not None and method.trains:  # else ignored, with a note
+        import dataclasses
+
+        fields = sorted(f.name for f in dataclasses.fields(method.config_class))
+        if "beta" not in fields:
+            raise ClipFitError(f"--beta does not apply to method {method.name!r}, which has no beta option "
+                               f"(its options, for --option key=value: {', '.join(fields) or 'none'})")
         options["beta"] = args.beta
     return api.replace_config(config, method_options=options, optim={k: v for k, v in optim.items() if v is not None},
                               **{k: v for k, v in top.items() if v is not None})

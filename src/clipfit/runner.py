@@ -42,7 +42,7 @@ from .protocols import Protocol, get_protocol
 RECIPES = {
     1: "before 2026-11-30",
     2: "Dassl's warm-up + cosine schedule, whole batches, Dassl's few-shot draw, crops from full-resolution "
-       "images, frozen backbone in eval mode, distillation toward the pretrained weights",
+       "images, frozen backbone in eval mode, CLIPFit's distillation toward the pretrained weights",
 }
 RECIPE_VERSION = 2
 
@@ -484,6 +484,8 @@ def load_adapter(path: str | Path, *, device: str = "auto", backbone: Backbone |
     and the precision it was trained in. `ClipFitError` naming the file when it is unreadable, corrupted,
     trained on other weights, or does not match its method."""
     path = Path(path)
+    if path.is_dir():  # a run's seed folder holds its adapter file
+        path = path / "adapter.safetensors"
     tensors, info = read_adapter(path)
     current = weights_fingerprint(info.model, info.pretrained)
     if info.weights and info.weights != current:

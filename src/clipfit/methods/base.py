@@ -58,6 +58,8 @@ class Method(nn.Module):
     # Training-free methods (a feature cache, a closed-form probe): `fit` sees the training set once,
     # without gradients, instead of the optimisation loop; the run folder and adapter file are the same.
     fits: ClassVar[bool] = False
+    # What besides the class name makes up a prompt, for the over-long-prompt message.
+    prompt_source: ClassVar[str] = "the template"
     # Whether the classifier is built from class names alone, so that it can classify classes it never
     # trained on (base-to-new's "new" half). A linear head cannot: base-to-new refuses it up front.
     classifies_unseen_classes: ClassVar[bool] = True
@@ -128,7 +130,7 @@ class Method(nn.Module):
             length = len(encode(prompt)) + 2  # start- and end-of-text tokens
             if length > context:
                 raise ClipFitError(f"class {name!r}: prompt {prompt!r} is {length} tokens, longer than the text "
-                                   f"tower's context of {context}; shorten the class name or the template")
+                                   f"tower's context of {context}; shorten the class name or {self.prompt_source}")
 
     def backbone_parameters(self) -> dict[str, nn.Parameter]:
         """Backbone tensors the method trains, by their key in the backbone's state dict."""

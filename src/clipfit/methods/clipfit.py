@@ -79,6 +79,9 @@ class CLIPFit(Method):
         super().__init__(backbone, classnames, template, config)
         self.text_biases = select_parameters(self.clip, TEXT_SELECTIONS[config.text][1](self.clip))
         self.image_norms = select_parameters(self.clip, IMAGE_SELECTIONS[config.image][1](self.clip))
+        if not self.text_biases and not self.image_norms:
+            raise ClipFitError(f"method {self.name}: nothing to train on this backbone: no text tensor is selected and "
+                               f"the image tower has no {IMAGE_SELECTIONS[config.image][0] or 'selected tensor'}")
         if config.image == "layernorm" and not self.image_norms:
             self.notes.append("the image tower has no LayerNorm (a ResNet): only the text biases train")
         for p in self.backbone_parameters().values():

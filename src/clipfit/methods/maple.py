@@ -26,7 +26,7 @@ from ..backbone import encode_image_prompted, text_tower, vision_width
 from ..errors import ClipFitError
 from ..text_encoding import PromptContext, encode_prompts, normalize_fp32
 from .base import Method, MethodConfig, register_method
-from .prompts import PromptLearner
+from .prompts import PromptLearner, check_context
 
 TRANSFER_PROTOCOLS = ("cross-dataset", "distribution-shift")
 PAPER_DEPTH = 9
@@ -41,8 +41,7 @@ class MaPLeConfig(MethodConfig):
     depth: int | None = None
 
     def check(self):
-        if not (isinstance(self.n_ctx, int) and 1 <= self.n_ctx <= 64):
-            raise ClipFitError(f"method maple: n_ctx must be an integer from 1 to 64, got {self.n_ctx!r}")
+        check_context(self.n_ctx, self.ctx_init)
         if self.depth is not None and not (isinstance(self.depth, int) and self.depth >= 1):
             raise ClipFitError(f"method maple: depth must be an integer >= 1, got {self.depth!r}")
 
@@ -50,6 +49,7 @@ class MaPLeConfig(MethodConfig):
 @register_method
 class MaPLe(Method):
     name = "maple"
+    prompt_source = "the context (n_ctx, ctx_init)"
     description = "MaPLe (Khattak et al., CVPR 2023): coupled text and image prompts in the first 9 blocks"
     config_class = MaPLeConfig
 

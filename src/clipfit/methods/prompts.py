@@ -47,6 +47,18 @@ def coop_fewshot_epochs(dataset: str, shots: int) -> int:
     return LONG_EPOCHS
 
 
+MAX_CONTEXT = 64
+
+
+def check_context(n_ctx: int | None, ctx_init: str) -> None:
+    """`ClipFitError` naming the option when the context would be empty or longer than MAX_CONTEXT vectors."""
+    if n_ctx is not None and not (isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and 1 <= n_ctx <= MAX_CONTEXT):
+        raise ClipFitError(f"option n_ctx must be an integer from 1 to {MAX_CONTEXT}, got {n_ctx!r}")
+    words = len(ctx_init.split())
+    if words > MAX_CONTEXT:
+        raise ClipFitError(f"option ctx_init has {words} words; the context takes at most {MAX_CONTEXT}")
+
+
 class PromptLearner(nn.Module):
     """Learned context vectors ``ctx`` [M, width] and the text of the prompts they sit in.
 
@@ -95,8 +107,7 @@ class CoOpConfig(MethodConfig):
     layernorm: bool = False
 
     def check(self):
-        if self.n_ctx is not None and not (isinstance(self.n_ctx, int) and 1 <= self.n_ctx <= 64):
-            raise ClipFitError(f"prompt learner: n_ctx must be an integer from 1 to 64, got {self.n_ctx!r}")
+        check_context(self.n_ctx, self.ctx_init)
 
 
 @register_method
@@ -110,6 +121,7 @@ class CoOp(Method):
     """
 
     name = "coop"
+    prompt_source = "the context (n_ctx, ctx_init)"
     description = "CoOp (Zhou et al., IJCV 2022): learned context vectors shared by all classes"
     config_class = CoOpConfig
 
@@ -351,6 +363,7 @@ class CoCoOp(Method):
     """
 
     name = "cocoop"
+    prompt_source = "the context (n_ctx, ctx_init)"
     description = "CoCoOp (Zhou et al., CVPR 2022): context conditioned on each image by a meta-network"
     config_class = CoCoOpConfig
 
