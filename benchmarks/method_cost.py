@@ -91,14 +91,6 @@ class Job:
 # ---------------------------------------------------------------- in the subprocess
 
 
-
-
-
-
-
-
-
-
 def _measure(job: Job) -> dict:
     import open_clip
     import torch

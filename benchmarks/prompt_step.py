@@ -109,12 +109,6 @@ class Job:
 # ---------------------------------------------------------------- in the subprocess
 
 
-
-
-
-
-
-
 def _is_memory_error(err: BaseException) -> bool:
     text = str(err).lower()
     return isinstance(err, MemoryError) or "alloc" in text or "memory" in text

@@ -107,12 +107,6 @@ class Config:
 # ---------------------------------------------------------------- measurement helpers (in the subprocess)
 
 
-
-
-
-
-
-
 class MemoryMeter:
     """Peak memory rise from now on: resident set on a CPU, allocated tensors on CUDA."""
 

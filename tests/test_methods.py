@@ -79,6 +79,14 @@ def build(name: str, classnames=CLASSNAMES[:4], backbone=None, **options) -> Met
     return build_method(name, backbone, list(classnames), TEMPLATE, options)
 
 
+def save_tiny_adapter(method: Method, path) -> None:
+    """The adapter file a run on the tiny random-init CLIP would write."""
+    info = AdapterInfo(model=TINY_MODEL, pretrained="none", method=method.name,
+                       method_options=dataclasses.asdict(method.config), classnames=method.classnames,
+                       template=method.template, weights=weights_fingerprint(TINY_MODEL, "none"))
+    save_adapter(path, method.adapter_state(), info)
+
+
 def mean_loss(method: Method, images, labels) -> float:
     with torch.no_grad():
         return method.training_loss(images, labels)[0].item()
@@ -125,10 +133,7 @@ def test_only_its_own_tensors_change_and_the_frozen_clip_stays_in_eval_mode(trai
 
 def test_adapter_file_round_trips_to_identical_logits_through_load_adapter(trained, tmp_path):
     method, *_ = trained
-    info = AdapterInfo(model=TINY_MODEL, pretrained="none", method=method.name,
-                       method_options=dataclasses.asdict(method.config), classnames=method.classnames,
-                       template=method.template, weights=weights_fingerprint(TINY_MODEL, "none"))
-    save_adapter(tmp_path / "adapter.safetensors", method.adapter_state(), info)
+    save_tiny_adapter(method, tmp_path / "adapter.safetensors")
     loaded = load_adapter(tmp_path / "adapter.safetensors")
     images, _ = colour_batch(seed=3)
     with torch.no_grad():
@@ -432,8 +437,5 @@ def test_options_that_cannot_work_are_refused_naming_the_option(tmp_path):
 
 def test_load_adapter_takes_a_seed_folder_or_its_file(trained, tmp_path):
     method, *_ = trained
-    info = AdapterInfo(model=TINY_MODEL, pretrained="none", method=method.name,
-                       method_options=dataclasses.asdict(method.config), classnames=method.classnames,
-                       template=method.template, weights=weights_fingerprint(TINY_MODEL, "none"))
-    save_adapter(tmp_path / "adapter.safetensors", method.adapter_state(), info)
+    save_tiny_adapter(method, tmp_path / "adapter.safetensors")
     assert type(load_adapter(tmp_path)) is type(load_adapter(tmp_path / "adapter.safetensors")) is type(method)
