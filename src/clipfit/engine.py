@@ -230,10 +230,15 @@ def train(
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
         record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(seen, 1) for k, v in sums.items()}}
         history.append(record)
-        log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        log(_record_line(record))
     bar.close()
     method.eval()
     return history
+
+
+def _record_line(record: dict) -> str:
+    """A training record as one log line: `epoch=3 lr=0.00195 loss=0.81 ...`."""
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
 
 
 def _fit(method: Method, dataset: Dataset, optim: OptimConfig, *, seed: int, num_workers: int,
@@ -248,7 +253,7 @@ def _fit(method: Method, dataset: Dataset, optim: OptimConfig, *, seed: int, num
     with torch.no_grad(), autocast(device, precision):
         method.prepare_training()
         record = {"epoch": 0, **method.fit(moved)}
-    log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    log(_record_line(record))
     return record
 
 

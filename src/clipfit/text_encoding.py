@@ -428,14 +428,7 @@ def encode_shared_prefix(
 
 def encode_truncated(tower: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Unnormalised features, computing positions only up to the batch's last EOT token."""
-    eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    dtype = tower.transformer.get_cast_dtype()
-    x = tower.token_embedding(tokens[:, :length]).to(dtype)
-    x = x + tower.positional_embedding[:length].to(dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
-    x = tower.ln_final(x)
-    return _project(tower, x[torch.arange(x.shape[0], device=x.device), eot])
+    return encode_with_context(tower, tokens, None)
 
 
 def fp32(device: torch.device):
@@ -463,12 +456,14 @@ def encode_with_context(tower: nn.Module, tokens: torch.Tensor, context: PromptC
         x = context.splice(x, 0)
     x = x + tower.positional_embedding[:length].to(dtype)
     mask = tower.attn_mask[:length, :length]
-    blocks = tower.transformer.resblocks
-    batch_first = getattr(tower.transformer, "batch_first", True)
-    for i, block in enumerate(blocks):
-        if i and context is not None:
-            x = context.splice(x, i)
-        x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+    if context is None:
+        x = tower.transformer(x, attn_mask=mask)
+    else:  # block by block, to splice the context in where it has vectors
+        batch_first = getattr(tower.transformer, "batch_first", True)
+        for i, block in enumerate(tower.transformer.resblocks):
+            if i:
+                x = context.splice(x, i)
+            x = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
     x = tower.ln_final(x)
     return _project(tower, x[torch.arange(x.shape[0], device=x.device), eot])
 

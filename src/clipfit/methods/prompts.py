@@ -37,6 +37,21 @@ LONG_EPOCHS = 200
 IMAGENET_EPOCHS = 50
 
 
+def template_features(method: Method, template: str) -> torch.Tensor:
+    """Unit-norm fp32 features [classes, dim] of a hand-written template filled with each class name
+    (underscores read as spaces), from the text tower as it is, without a graph: KgCoOp's hand-crafted
+    target and ProGrad's zero-shot teacher."""
+    tokens = method.backbone.tokenize([template.format(name.replace("_", " ")) for name in method.classnames])
+    with torch.no_grad():
+        return encode_prompts(method.clip, tokens)
+
+
+def template_words(template: str) -> str:
+    """A template without its class slot and final period ("a photo of a {}." -> "a photo of a"): the words
+    ProGrad initialises its context from."""
+    return template.replace(" {}.", "").replace("{}", "").strip()
+
+
 def coop_fewshot_epochs(dataset: str, shots: int) -> int:
     """CoOp's epochs for a few-shot run: 1 shot 50, 2-4 shots 100, 8-16 (or all) 200; ImageNet 50."""
     if dataset == "imagenet":
@@ -212,9 +227,7 @@ class KgCoOp(CoOp):
     def prepare_training(self):
         """The hand-crafted class features, once per run from the frozen text tower (the official code
         encodes them once when the model is built)."""
-        tokens = self.backbone.tokenize([self.template.format(name.replace("_", " ")) for name in self.classnames])
-        with torch.no_grad():
-            self.handcrafted_features = encode_prompts(self.clip, tokens).detach()
+        self.handcrafted_features = template_features(self, self.template)
 
     def training_loss(self, images, labels):
         require_prepared(self, "handcrafted_features")
@@ -287,7 +300,7 @@ class ProGrad(CoOp):
         template = PROGRAD_TEMPLATES.get(dataset)
         defaults = {"lam": 0.8 if dataset in PROGRAD_LAMBDA_08 and shots in (8, 16) else 1.0}
         if template is not None:
-            defaults.update(teacher_template=template, ctx_init=template.replace(" {}.", ""))
+            defaults.update(teacher_template=template, ctx_init=template_words(template))
         return defaults
 
     @classmethod
@@ -300,17 +313,14 @@ class ProGrad(CoOp):
 
     def ctx_init(self):
         # Without one given, the teacher's template words, as ProGrad always initialises (`CTX_INIT: True`).
-        return self.config.ctx_init or self._teacher_template().replace(" {}.", "").replace("{}", "").strip()
+        return self.config.ctx_init or template_words(self._teacher_template())
 
     def _teacher_template(self) -> str:
         return self.config.teacher_template or self.template
 
     def prepare_training(self):
         """The teacher's class features (zero-shot CLIP, ProGrad's template), once per run."""
-        template = self._teacher_template()
-        tokens = self.backbone.tokenize([template.format(name.replace("_", " ")) for name in self.classnames])
-        with torch.no_grad():
-            self.teacher_features = encode_prompts(self.clip, tokens).detach()
+        self.teacher_features = template_features(self, self._teacher_template())
 
     def training_loss(self, images, labels):
         require_prepared(self, "teacher_features")
@@ -346,7 +356,7 @@ class CoCoOpConfig(MethodConfig):
     ctx_init: str = "a photo of a"
 
     def check(self):
-        CoOpConfig.check(self)
+        check_context(self.n_ctx, self.ctx_init)
 
 
 @register_method
