@@ -439,3 +439,38 @@ def test_load_adapter_takes_a_seed_folder_or_its_file(trained, tmp_path):
     method, *_ = trained
     save_tiny_adapter(method, tmp_path / "adapter.safetensors")
     assert type(load_adapter(tmp_path)) is type(load_adapter(tmp_path / "adapter.safetensors")) is type(method)
+
+
+def test_each_method_brings_its_papers_recipe():
+    # CoOp COOP.md: 1 shot 50 epochs, 2-4 shots 100, 8-16 shots 200, ImageNet 50; base-to-new (ctxv1) 200.
+    coop = get_method("coop")
+    assert [coop.optim_defaults("few-shot", "eurosat", k)["epochs"] for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert coop.optim_defaults("few-shot", "imagenet", 16)["epochs"] == 50
+    assert coop.optim_defaults("base2new", "eurosat")["epochs"] == 200
+    assert coop.protocol_defaults("base2new", "eurosat") == {"ctx_init": "a photo of a"}
+    # KgCoOp base2new_train.sh: batch 128, 100 epochs; few-shot batch 32 (htyao89/KgCoOp#4).
+    assert get_method("kgcoop").optim_defaults("base2new", "eurosat") == {"epochs": 100, "batch_size": 128, "lr": 0.002}
+    assert get_method("kgcoop").optim_defaults("few-shot", "eurosat")["batch_size"] == 32
+    # CoCoOp: batch 1, 10 epochs; MaPLe: batch 4, lr 0.0035, 5 epochs (cross-dataset: J 3, lr 0.0026, 2 epochs).
+    assert get_method("cocoop").optim_defaults("base2new", "eurosat") == {"epochs": 10, "batch_size": 1, "lr": 0.002}
+    assert get_method("maple").optim_defaults("base2new", "eurosat") == {"epochs": 5, "batch_size": 4, "lr": 0.0035}
+    assert get_method("maple").optim_defaults("cross-dataset", "imagenet") == {"epochs": 2, "batch_size": 4, "lr": 0.0026}
+    assert get_method("maple").protocol_defaults("cross-dataset", "imagenet") == {"depth": 3}
+    # ProGrad: its own template initialises the context; lam 0.8 for 8/16 shots on Flowers102, DTD, EuroSAT.
+    prograd = get_method("prograd")
+    assert prograd.protocol_defaults("few-shot", "oxford_pets", 16) == {
+        "lam": 1.0, "teacher_template": "a type of pet, a photo of a {}.", "ctx_init": "a type of pet, a photo of a"}
+    assert prograd.protocol_defaults("few-shot", "dtd", 8)["lam"] == 0.8
+    assert prograd.protocol_defaults("few-shot", "dtd", 4)["lam"] == 1.0
+    assert prograd.optim_defaults("base2new", "eurosat")["epochs"] == 100
+
+
+def test_mini_tasks_whose_class_a_small_crop_loses_say_so_in_their_spec(tmp_path):
+    from clipfit import data
+    from clipfit.runner import training_crop_scale
+
+    for task, low in (("mini_digits", 0.5), ("mini_letters", 0.5), ("mini_shapes", 0.5), ("mini_colors", 0.08), ("mini_textures", 0.08)):
+        assert data.get_spec(task).min_crop_area == low
+        assert training_crop_scale(RunConfig(dataset=task)) == (low, 1.0)
+    assert data.get_spec("eurosat").min_crop_area == 0.08
+    assert training_crop_scale(RunConfig(dataset="mini_letters", crop_scale=(0.08, 1.0))) == (0.08, 1.0)
