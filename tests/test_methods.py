@@ -373,15 +373,15 @@ def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(euros
         def add_modules(self):
             self.register_buffer("class_means", torch.zeros(len(self.classnames), self.clip.visual.output_dim))
 
-        def fit(self, batches):
-            sums, counts = torch.zeros_like(self.class_means), torch.zeros(len(self.class_means))
-            seen = 0
-            for images, labels in batches:
-                sums.index_add_(0, labels, self.encode_images(images))
-                counts += torch.bincount(labels, minlength=len(counts))
-                seen += len(labels)
+        @property
+        def feature_views(self):
+            return 2
+
+        def fit(self, features, labels, val):
+            sums = torch.zeros_like(self.class_means).index_add_(0, labels, features.mean(dim=0))
+            counts = torch.bincount(labels, minlength=len(self.class_means))
             self.class_means.copy_(sums / counts[:, None])
-            return {"images": seen}
+            return {"images": len(labels), "views": features.shape[0], "val_images": len(val[1])}
 
         def classifier(self):
             return F.normalize(self.class_means, dim=-1)
@@ -396,7 +396,8 @@ def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(euros
         loaded = load_adapter(tmp_path / "run" / "seed1" / "adapter.safetensors")
         assert loaded.class_means.abs().sum() > 0
         assert api.evaluate_run(tmp_path / "run" / "seed1", progress=False)["accuracy"] == accuracy
-        assert "images=16" in (tmp_path / "run" / "seed1" / "log.txt").read_text()
+        log = (tmp_path / "run" / "seed1" / "log.txt").read_text()
+        assert "images=16 views=2 val_images=" in log and "16 training images x 2 augmented views encoded once" in log
     finally:
         del METHODS["test-class-means"]
 

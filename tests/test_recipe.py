@@ -20,7 +20,7 @@ from clipfit import api, data
 from clipfit.backbone import Preprocess, load_backbone
 from clipfit.cli import main
 from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, lr_at_epoch, train
+from clipfit.engine import OptimConfig, complete, lr_at, lr_at_epoch, train
 from clipfit.errors import ClipFitError
 from clipfit.methods import build_method, get_method
 from clipfit.protocols import harmonic_mean
@@ -63,7 +63,7 @@ def test_schedule_for_100_epochs_steps_torchs_cosine_once_per_epoch_after_the_wa
     optim = OptimConfig(epochs=100, lr=0.002, warmup_epochs=warmup)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=optim.lr)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
-    expected = [optim.warmup_lr] * warmup
+    expected = [complete(optim).warmup_lr] * warmup
     while len(expected) < 100:
         expected.append(cosine.get_last_lr()[0])
         opt.step()

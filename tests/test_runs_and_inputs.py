@@ -487,7 +487,8 @@ json_values = st.recursive(
 FIELDS = ["method", "method_options", "model", "pretrained", "dataset", "data_root", "protocol", "shots", "seeds",
           "template", "optim", "crop_scale", "hflip", "eval_batch_size", "image_cache", "image_cache_mb", "precision",
           "num_workers", "device", "out", "cache_dir", "check_images", "no_such_field"]
-OPTIM_FIELDS = ["epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr"]
+OPTIM_FIELDS = ["epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "optimizer",
+                "schedule", "iterations", "min_lr", "eps"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -503,7 +504,7 @@ def test_any_config_is_a_valid_run_config_or_one_clear_error(fields, optim):
         assert str(err) and "\n" not in str(err)
         assert "None" not in str(err) or "None" in json.dumps(data)  # a missing value is never shown as None
         return
-    assert config.optim.epochs >= 1 and config.optim.lr > 0 and math.isfinite(config.optim.lr)
+    assert (config.optim.epochs or config.optim.iterations) >= 1 and config.optim.lr > 0 and math.isfinite(config.optim.lr)
     assert config.shots >= 0 and len(set(config.seeds)) == len(config.seeds) >= 1
     assert config.template.count("{}") >= 1 and isinstance(config.hflip, bool)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import defaults
 from .data.samples import check_template
 from .defaults import IMAGE_CACHES
-from .engine import PRECISIONS, OptimConfig
+from .engine import OPTIMIZERS, PRECISIONS, SCHEDULES, OptimConfig
 from .errors import ClipFitError
 
 
@@ -206,16 +206,28 @@ def validate(config: RunConfig) -> None:
         value = getattr(optim, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise bad(name.replace("_", "-"), value, "a whole number >= 1")
-    if isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int) or optim.warmup_epochs < 0:
+    if optim.iterations is not None and (isinstance(optim.iterations, bool) or not isinstance(optim.iterations, int) or optim.iterations < 1):
+        raise bad("iterations", optim.iterations, "a whole number >= 1")
+    if optim.warmup_epochs is not None and (isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int)
+                                            or optim.warmup_epochs < 0):
         raise bad("warmup_epochs", optim.warmup_epochs, "a whole number >= 0")
     if optim.lr is not None and (not _finite(optim.lr) or optim.lr <= 0):
         raise bad("lr", optim.lr, "a finite number > 0")
-    if not _finite(optim.warmup_lr) or optim.warmup_lr < 0:
-        raise bad("warmup_lr", optim.warmup_lr, "a finite number >= 0")
-    if not _finite(optim.momentum) or not 0 <= optim.momentum < 1:
+    for name in ("warmup_lr", "weight_decay", "min_lr"):
+        value = getattr(optim, name)
+        if value is not None and (not _finite(value) or value < 0):
+            raise bad(name, value, "a finite number >= 0")
+    if optim.eps is not None and (not _finite(optim.eps) or optim.eps <= 0):
+        raise bad("eps", optim.eps, "a finite number > 0")
+    if optim.momentum is not None and (not _finite(optim.momentum) or not 0 <= optim.momentum < 1):
         raise bad("momentum", optim.momentum, "a number in [0, 1)")
-    if not _finite(optim.weight_decay) or optim.weight_decay < 0:
-        raise bad("weight_decay", optim.weight_decay, "a finite number >= 0")
+    if optim.optimizer is not None and optim.optimizer not in OPTIMIZERS:
+        raise bad("optimizer", optim.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+    if optim.schedule is not None and optim.schedule not in SCHEDULES:
+        raise bad("schedule", optim.schedule, f"one of {', '.join(SCHEDULES)}")
+    if optim.iterations is not None and optim.schedule == "cosine-epochs":
+        raise ClipFitError("iterations (a budget in steps) needs schedule cosine-iterations or constant: the schedule "
+                           "cosine-epochs steps once per epoch")
     if isinstance(config.shots, bool) or not isinstance(config.shots, int) or config.shots < 0:
         raise bad("shots", config.shots, "a whole number >= 0 (0: every training image)")
     if not config.seeds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,32 +13,53 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .errors import ClipFitError
+from .features import encode_views, feature_batches, steps_per_epoch
 from .methods import Method
+
+
+OPTIMIZERS = ("sgd", "adamw")
+# How the learning rate moves: Dassl's constant warm-up epochs then a cosine stepped once per epoch
+# (CoOp-family, CLIPFit); a cosine stepped once per iteration down to ``min_lr`` (torch's
+# `CosineAnnealingLR` stepped every batch: Tip-Adapter-F, CLIP-LoRA); constant (the PEFT-for-CLIP study).
+SCHEDULES = ("cosine-epochs", "cosine-iterations", "constant")
 
 
 @dataclass
 class OptimConfig:
-    """SGD with constant warm-up epochs, then cosine decay over the epochs, stepped per epoch (Dassl's
-    `build_lr_scheduler` with `ConstantWarmupScheduler`, as CoOp and CLIPFit configure it: NOTES.md)."""
+    """The optimiser and its schedule. Every field left None is the method's default for the protocol,
+    dataset and shots (`Method.optim_defaults`), else Dassl's (`DASSL`: SGD with momentum 0.9, weight
+    decay 5e-4, one constant warm-up epoch at 1e-5, then cosine decay over the epochs stepped once per
+    epoch, as CoOp and CLIPFit configure it: NOTES.md)."""
 
-    # None: the method's default for the protocol, dataset and shots (`Method.optim_defaults`; CLIPFit:
-    # 10 epochs for ImageNet and Food101, else 100, batch 32, lr 0.002), else BATCH_SIZE / LR below.
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    warmup_lr: float | None = None
+    optimizer: str | None = None  # one of OPTIMIZERS
+    schedule: str | None = None  # one of SCHEDULES
+    # A budget in optimiser steps instead of epochs (CLIP-LoRA's 500 x shots): the loader is cycled and
+    # training stops after this many steps. None: ``epochs`` full passes.
+    iterations: int | None = None
+    min_lr: float | None = None  # where "cosine-iterations" ends
+    eps: float | None = None  # AdamW's epsilon (Tip-Adapter-F: 1e-4)
 
 
-# Dassl's own defaults, for a method that names none.
-BATCH_SIZE, LR = 32, 0.002
+# Dassl's own defaults, for whatever a method does not name (every earlier run trained with these).
+DASSL = {"batch_size": 32, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5,
+         "optimizer": "sgd", "schedule": "cosine-epochs", "min_lr": 0.0, "eps": 1e-8}
+BATCH_SIZE, LR = DASSL["batch_size"], DASSL["lr"]
 
 
 def complete(optim: OptimConfig, method_defaults: dict | None = None) -> OptimConfig:
-    """``optim`` with every None field filled: the method's defaults first, then Dassl's."""
-    fill = {"batch_size": BATCH_SIZE, "lr": LR, **(method_defaults or {})}
+    """``optim`` with every None field filled: the method's defaults first, then Dassl's. The length of
+    training is one choice: where the user gave epochs or iterations, the method's other one is not added."""
+    defaults = dict(method_defaults or {})
+    if optim.epochs is not None or optim.iterations is not None:
+        defaults.pop("epochs", None), defaults.pop("iterations", None)
+    fill = {**DASSL, **defaults}
     return dataclasses.replace(optim, **{k: v for k, v in fill.items() if getattr(optim, k) is None})
 
 
@@ -53,6 +75,32 @@ def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
     if epoch < optim.warmup_epochs:
         return optim.warmup_lr
     return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
+
+
+def lr_at(optim: OptimConfig, epoch: int, step: int, total_steps: int) -> float:
+    """The learning rate of 0-based ``epoch`` and 0-based global ``step`` of ``total_steps``.
+
+    "cosine-epochs": `lr_at_epoch`. "cosine-iterations": ``min_lr + (lr - min_lr) * (1 + cos(pi * t / T)) / 2``
+    with t the step and T ``total_steps`` (torch's `CosineAnnealingLR(T_max=T, eta_min=min_lr)` stepped
+    after every batch, as Tip-Adapter-F's `main.py` and CLIP-LoRA's `lora.py` do); warm-up epochs, if any,
+    run at ``warmup_lr`` first and the cosine counts the steps after them. "constant": ``lr`` (after any
+    warm-up epochs)."""
+    optim = complete(optim)
+    if optim.schedule == "cosine-epochs":
+        return lr_at_epoch(optim, epoch)
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    if optim.schedule == "constant":
+        return optim.lr
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def build_optimizer(optim: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum (Dassl) or AdamW (betas 0.9 / 0.999, ``eps``: Tip-Adapter-F, CLIP-LoRA)."""
+    optim = complete(optim)
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -162,6 +210,8 @@ def train(
     optim: OptimConfig,
     *,
     seed: int,
+    plain_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
@@ -169,45 +219,86 @@ def train(
 ) -> list[dict[str, float]]:
     """Train the method's trainable parameters; returns one record per epoch (lr, mean losses).
 
-    ``precision`` is a name of `PRECISIONS`. The frozen distillation target (`Method.prepare_training`)
-    is computed under the same autocast as the training steps, so that it is the very feature the tuned
-    model gives before its first step. Under ``fp16`` the loss is scaled by a `torch.amp.GradScaler`: a
-    step whose gradients overflow is skipped and the scale lowered, as loss scaling does.
+    ``dataset`` yields augmented training images; ``plain_dataset`` the same images under the evaluation
+    transform and ``val_dataset`` the few-shot validation images (both read only by methods that ask:
+    the linear probe's input, Tip-Adapter's search). A method with `feature_views` set trains on frozen
+    image features computed once (`clipfit.features`), otherwise the image tower runs on fresh
+    augmentations every step. ``precision`` is a name of `PRECISIONS`. The frozen distillation target
+    (`Method.prepare_training`) is computed under the same autocast as the training steps, so that it is
+    the very feature the tuned model gives before its first step. Under ``fp16`` the loss is scaled by a
+    `torch.amp.GradScaler`: a step whose gradients overflow is skipped and the scale lowered.
 
     Stops with `TrainingDiverged` (naming the epoch and step) at the first non-finite loss or trainable
     parameter, so that a diverged run never writes a result.
     """
-    history: list[dict[str, float]] = []
     if not method.trains:
-        return history
+        return []
     optim = complete(optim)
+    torch.manual_seed(seed)
+    device = method.backbone.device
+    apply_precision(method, precision)
+    views = method.feature_views
+
+    def stored_features(views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        source = plain_dataset if views == 0 else dataset
+        if source is None:
+            raise ValueError(f"method {method.name!r} trains on the un-augmented training images: pass plain_dataset")
+        started = time.time()
+        features, labels = encode_views(method, source, views, seed, batch_size=optim.batch_size, num_workers=num_workers,
+                                        autocast=lambda: autocast(device, precision))
+        log(f"frozen features: {features.shape[1]} training images x {features.shape[0]} "
+            f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s")
+        return features, labels
+
     if method.fits:
-        return [_fit(method, dataset, optim, seed=seed, num_workers=num_workers, log=log, precision=precision)]
-    if not optim.epochs or optim.epochs < 1:
+        method.eval()
+        train_features, train_labels = stored_features(views or 0)
+        val = None
+        if val_dataset is not None and len(val_dataset):
+            val = encode_views(method, val_dataset, 0, seed, batch_size=optim.batch_size, num_workers=num_workers,
+                               autocast=lambda: autocast(device, precision))
+            val = (val[0][0], val[1])
+        with torch.no_grad(), autocast(device, precision):
+            method.prepare_training()
+            record = {"epoch": 0, **method.fit(train_features, train_labels, val)}
+        log(_record_line(record))
+        return [record]
+    if optim.iterations is None and (not optim.epochs or optim.epochs < 1):
         raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
     if not params:
         raise ValueError(f"method {method.name!r} has nothing to train on this backbone")
-    torch.manual_seed(seed)
-    device = method.backbone.device
-    apply_precision(method, precision)
     with autocast(device, precision):
         method.prepare_training()
     scaler = torch.amp.GradScaler(device.type) if get_precision(precision).loss_scaling else None
-    optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    loader = _loader(dataset, optim.batch_size, train=True, num_workers=num_workers, seed=seed)
+    optimizer = build_optimizer(optim, params)
+    generator = torch.Generator().manual_seed(seed)
+    if views is not None:
+        features, labels = stored_features(views)
+        per_epoch = steps_per_epoch(labels.shape[0], optim.batch_size)
+        epoch_batches = lambda: feature_batches(features, labels, optim.batch_size, generator)  # noqa: E731
+        loss_of = method.feature_loss
+    else:
+        loader = _loader(dataset, optim.batch_size, train=True, num_workers=num_workers, seed=seed)
+        per_epoch = len(loader)
+        epoch_batches = lambda: batches(loader)  # noqa: E731
+        loss_of = method.training_loss
+    total = optim.iterations or optim.epochs * per_epoch
+    epochs = math.ceil(total / per_epoch)
     method.train()  # the method's own modules only: the frozen backbone stays in eval mode (Method.train)
-    bar = tqdm(total=optim.epochs * len(loader), desc=f"train {method.name}", disable=not progress, unit="step")
-    for epoch in range(optim.epochs):
-        lr = lr_at_epoch(optim, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    bar = tqdm(total=total, desc=f"train {method.name}", disable=not progress, unit="step")
+    history: list[dict[str, float]] = []
+    done = 0
+    for epoch in range(epochs):
         sums: dict[str, float] = {}
         seen = 0
-        for step, (images, labels) in enumerate(batches(loader), start=1):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        for step, (inputs, labels_) in enumerate(epoch_batches(), start=1):
+            lr = lr_at(optim, epoch, done, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, labels_ = inputs.to(device, non_blocking=True), labels_.to(device, non_blocking=True)
             with autocast(device, precision):
-                loss, parts = method.training_loss(images, labels)
+                loss, parts = loss_of(inputs, labels_)
             where = f"epoch {epoch + 1}, step {step} (lr {lr:.3g})"
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at {where}; no result is written")
@@ -222,12 +313,15 @@ def train(
             bad = next((name for name, p in method.trainable_parameters().items() if not torch.isfinite(p).all()), None)
             if bad is not None:
                 raise TrainingDiverged(f"training diverged: parameter {bad} is not finite after {where}; no result is written")
-            n = labels.shape[0]
+            n = labels_.shape[0]
             seen += n
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value * n
+            done += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+            if done == total:
+                break
         record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(seen, 1) for k, v in sums.items()}}
         history.append(record)
         log(_record_line(record))
@@ -239,22 +333,6 @@ def train(
 def _record_line(record: dict) -> str:
     """A training record as one log line: `epoch=3 lr=0.00195 loss=0.81 ...`."""
     return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-
-
-def _fit(method: Method, dataset: Dataset, optim: OptimConfig, *, seed: int, num_workers: int,
-         log: Callable[[str], None], precision: str) -> dict[str, float]:
-    """A training-free method's one pass over the training set (in the loader's order, every image)."""
-    torch.manual_seed(seed)  # the training transform's random augmentations
-    device = method.backbone.device
-    apply_precision(method, precision)
-    method.eval()
-    loader = _loader(dataset, optim.batch_size, train=False, num_workers=num_workers, seed=seed)
-    moved = ((images.to(device), labels.to(device)) for images, labels in batches(loader))
-    with torch.no_grad(), autocast(device, precision):
-        method.prepare_training()
-        record = {"epoch": 0, **method.fit(moved)}
-    log(_record_line(record))
-    return record
 
 
 @torch.no_grad()

@@ -93,13 +93,14 @@ def resolve(config: RunConfig) -> RunConfig:
                            f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})")
     template = config.template or spec.template
     check_template(template)
-    if config.protocol == "base2new" and not method_cls.classifies_unseen_classes:
-        raise ClipFitError(f"method {config.method!r} cannot classify classes it did not train on (its classifier is "
-                           "not built from class names), so it has no base-to-new result: use --protocol few-shot")
     options = {**method_cls.protocol_defaults(config.protocol, config.dataset, config.shots), **method_cls.preset,
                **config.method_options}
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
+    if config.protocol == "base2new" and not method_cls.classifies_unseen(options):
+        raise ClipFitError(f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
+                           "not train on (its classifier is not built from class names), so it has no base-to-new "
+                           "result: use --protocol few-shot")
     optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
     # Paths are written absolute, so that a run folder read from another working folder finds its data.
     resolved = dataclasses.replace(
@@ -110,6 +111,10 @@ def resolve(config: RunConfig) -> RunConfig:
     )
     validate(resolved)
     return dataclasses.replace(resolved, out=config.out or default_out(resolved))
+
+
+def _options_text(options: dict) -> str:
+    return " with " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else ""
 
 
 def training_crop_scale(config: RunConfig) -> tuple[float, float]:
@@ -191,6 +196,8 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
     fix = "move it away or use --overwrite"
     metrics = _read_json_object(metrics_file, fix)
     previous = RunConfig.from_dict(_read_json_object(config_file, fix), str(config_file))
+    # A config written before an optimiser field existed ran with Dassl's value of it (SGD, per-epoch cosine).
+    previous = dataclasses.replace(previous, optim=complete(previous.optim))
     seed = config.seeds[0]
     if previous.seeds != [seed] or metrics.get("seed") != seed:
         raise ClipFitError(f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
@@ -371,6 +378,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         try:
             history = train(
                 method, train_dataset(train_splits.train), config.optim, seed=seed,
+                plain_dataset=test_dataset(train_splits.train), val_dataset=test_dataset(train_splits.val),
                 num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
             )
         except ClipFitError as err:

@@ -159,10 +159,27 @@ class Method(nn.Module):
     def prepare_training(self) -> None:
         """Compute once, before the first step, whatever the loss compares against."""
 
-    def fit(self, batches) -> dict[str, float]:
-        """A training-free method's fit: one pass over (images, labels) batches of the training set, on the
-        backbone's device, under no_grad; returns figures for the log. Only called when `fits` is True."""
+    @property
+    def feature_views(self) -> int | None:
+        """How many augmented views of each training image to encode once and train on (`clipfit.features`),
+        for a method that reads images only through the frozen image tower's features (`encode_images`);
+        0: the un-augmented images once (the evaluation transform); None (the default): the image tower
+        runs on fresh augmentations at every step."""
+        return None
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor,
+            val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+        """A training-free method's fit (only called when `fits` is True), under no_grad: ``features``
+        [views, N, dim] are `encode_images` of the training images in `feature_views` views, ``labels`` [N];
+        ``val`` the validation images' (features [M, dim], labels [M]) under the evaluation transform, or
+        None when the split has none. Returns figures for the log."""
         raise NotImplementedError(f"method {self.name!r} sets fits = True but has no fit()")
+
+    @classmethod
+    def classifies_unseen(cls, options: dict) -> bool:
+        """Whether the method, with these options, builds its classifier from class names alone (so can
+        classify classes it never trained on); a method with a linear head (`--type vision`) cannot."""
+        return cls.classifies_unseen_classes
 
     # Precision. The towers run in whatever precision the engine's autocast (or fp16 weights) gives; every
     # feature is normalised, every cosine similarity and logit and every loss term computed in fp32 from
@@ -204,8 +221,13 @@ class Method(nn.Module):
         return self.logits_from_features(self.encode_images(images), classifier)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one batch (a scalar fp32 tensor) and its named parts for the log."""
-        logits = self.logits(images, self.classifier())
+        """The loss of one batch of preprocessed images (a scalar fp32 tensor) and its named parts for the log."""
+        return self.feature_loss(self.encode_images(images), labels)
+
+    def feature_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one batch given its image features (`encode_images`' output: what a method with
+        `feature_views` trains on); cross-entropy of the logits by default."""
+        logits = self.logits_from_features(features, self.classifier())
         with fp32(logits.device):
             loss = F.cross_entropy(logits, labels)
         return loss, {"ce": loss.item()}
@@ -237,6 +259,62 @@ class Method(nn.Module):
                 if state[name].shape != t.shape:
                     raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the model expects {tuple(t.shape)}")
                 t.copy_(state[name].to(t.dtype))
+
+
+HEAD_TYPES = ("vision", "vision-language")
+
+
+@dataclass
+class HeadConfig(MethodConfig):
+    """The PEFT-for-CLIP study's `--type`: "vision-language" classifies by cosine against the class prompts'
+    text features (times CLIP's logit scale), "vision" by a linear head on the image features, trained with
+    the method (it cannot name classes it did not train on). Subclasses set the default of their paper."""
+
+    type: str = "vision-language"
+
+    def check(self) -> None:
+        if self.type not in HEAD_TYPES:
+            raise ClipFitError(f"type must be one of {', '.join(HEAD_TYPES)}, got {self.type!r}")
+
+
+class HeadedMethod(Method):
+    """A method whose classifier is either the class prompts or a linear head (`HeadConfig.type`).
+
+    `encode_images` here returns the method's image features before normalisation, fp32 [batch, dim]
+    (what a linear head reads, as the study's `head(image_features)`); the vision-language classifier
+    normalises them. With a head, `set_classes` accepts only the class list it was trained on."""
+
+    config_class = HeadConfig
+
+    @classmethod
+    def classifies_unseen(cls, options: dict) -> bool:
+        return options.get("type", cls.config_class().type) == "vision-language"
+
+    @property
+    def has_head(self) -> bool:
+        return self.config.type == "vision"
+
+    def add_head(self, dim: int) -> None:
+        """With `type` vision: a Linear(dim -> classes) head with PyTorch's default init (the study's
+        `nn.Linear(output_dim, num_classes)`); call from `add_modules`."""
+        if self.has_head:
+            self.head = nn.Linear(dim, len(self.classnames))
+
+    def set_classes(self, classnames: list[str]) -> None:
+        if self.has_head and hasattr(self, "head") and list(classnames) != self.classnames:
+            raise ClipFitError(f"method {self.name!r} with type=vision classifies only the {len(self.classnames)} classes "
+                               "its linear head was trained on; use type=vision-language to classify other classes")
+        super().set_classes(classnames)
+
+    def classifier(self) -> torch.Tensor | None:
+        return None if self.has_head else self.class_features()
+
+    def logits_from_features(self, image_features: torch.Tensor, classifier: torch.Tensor | None) -> torch.Tensor:
+        """fp32 logits: the head's output, or logit_scale * cos(image, class prompt)."""
+        if self.has_head:
+            with fp32(image_features.device):
+                return self.head(image_features.float())
+        return super().logits_from_features(normalize_fp32(image_features), classifier)
 
 
 def require_prepared(method: Method, attribute: str) -> None:
