@@ -240,9 +240,8 @@ def train(
     views = method.feature_views
 
     def stored_features(views: int) -> tuple[torch.Tensor, torch.Tensor]:
-        source = plain_dataset if views == 0 else dataset
-        if source is None:
-            raise ValueError(f"method {method.name!r} trains on the un-augmented training images: pass plain_dataset")
+        # The linear probe reads the training images un-augmented; a caller with one dataset gives only that.
+        source = plain_dataset if views == 0 and plain_dataset is not None else dataset
         started = time.time()
         features, labels = encode_views(method, source, views, seed, batch_size=optim.batch_size, num_workers=num_workers,
                                         autocast=lambda: autocast(device, precision))
