@@ -176,6 +176,39 @@ def encode_image_prompted(model: nn.Module, images: torch.Tensor, prompts: list[
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
+def encode_image_vpt(model: nn.Module, images: torch.Tensor, prompts: list[torch.Tensor | None]) -> torch.Tensor:
+    """Unnormalised image features [batch, embed] of an open_clip ViT with N learned prompt tokens inserted
+    right after the class token (VPT, Jia et al. 2022, as the PEFT-for-CLIP study's `Embeddings.py` and
+    `VisionPromptCLIP.py` place them in CLIP's tower).
+
+    The patches are embedded, the class token prepended, the positional embedding added and `ln_pre`
+    applied as open_clip does; then ``prompts[0]`` [N, width] (or [batch, N, width]: one per image) goes
+    between the class token and the patches, with no positional embedding and no `ln_pre`. ``prompts[i]``
+    (i >= 1, when given) replaces the N prompt outputs of block i-1 as they enter block i (VPT-deep); blocks
+    past the list carry them on (VPT-shallow passes one entry). N = 0 is open_clip's own forward. The
+    feature is the class token's through `ln_post` and the projection, as open_clip pools it.
+    `BackboneError` for towers that pool otherwise.
+    """
+    visual = model.visual
+    vision_width(model)  # checks the tower
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)  # keeps the class token first
+    x = visual.ln_pre(x)
+    count = prompts[0].shape[-2]
+    x = torch.cat([x[:, :1], prompts[0].to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+    for i, block in enumerate(visual.transformer.resblocks):
+        if 0 < i < len(prompts) and prompts[i] is not None:
+            if prompts[i].shape[-2] != count:
+                raise ValueError(f"block {i} has {prompts[i].shape[-2]} prompt tokens, the input {count}")
+            x = torch.cat([x[:, :1], prompts[i].to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + count:]], dim=1)
+        x = block(x)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
 def _supports_truncated_text(tower: nn.Module) -> bool:
     return getattr(tower, "cls_emb", None) is None and getattr(tower, "pool_type", getattr(tower, "text_pool_type", None)) == "argmax"
 

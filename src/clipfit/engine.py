@@ -249,31 +249,34 @@ def train(
             f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s")
         return features, labels
 
+    stored = stored_features(views or 0) if views is not None or method.fits else None
+    val = None
+    if method.reads_validation and val_dataset is not None and len(val_dataset):
+        val = encode_views(method, val_dataset, 0, seed, batch_size=optim.batch_size, num_workers=num_workers,
+                           autocast=lambda: autocast(device, precision))
+        val = (val[0][0], val[1])
+    history: list[dict[str, float]] = []
     if method.fits:
         method.eval()
-        train_features, train_labels = stored_features(views or 0)
-        val = None
-        if val_dataset is not None and len(val_dataset):
-            val = encode_views(method, val_dataset, 0, seed, batch_size=optim.batch_size, num_workers=num_workers,
-                               autocast=lambda: autocast(device, precision))
-            val = (val[0][0], val[1])
         with torch.no_grad(), autocast(device, precision):
             method.prepare_training()
-            record = {"epoch": 0, **method.fit(train_features, train_labels, val)}
-        log(_record_line(record))
-        return [record]
+            history.append({"epoch": 0, **method.fit(*stored, val)})
+        log(_record_line(history[-1]))
+        if not method.optimises_after_fit:
+            return history
     if optim.iterations is None and (not optim.epochs or optim.epochs < 1):
         raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
     if not params:
         raise ValueError(f"method {method.name!r} has nothing to train on this backbone")
-    with autocast(device, precision):
-        method.prepare_training()
+    if not method.fits:
+        with autocast(device, precision):
+            method.prepare_training()
     scaler = torch.amp.GradScaler(device.type) if get_precision(precision).loss_scaling else None
     optimizer = build_optimizer(optim, params)
     generator = torch.Generator().manual_seed(seed)
-    if views is not None:
-        features, labels = stored_features(views)
+    if stored is not None and method.trains_on_stored_features:
+        features, labels = stored
         per_epoch = steps_per_epoch(labels.shape[0], optim.batch_size)
         epoch_batches = lambda: feature_batches(features, labels, optim.batch_size, generator)  # noqa: E731
         loss_of = method.feature_loss
@@ -286,7 +289,6 @@ def train(
     epochs = math.ceil(total / per_epoch)
     method.train()  # the method's own modules only: the frozen backbone stays in eval mode (Method.train)
     bar = tqdm(total=total, desc=f"train {method.name}", disable=not progress, unit="step")
-    history: list[dict[str, float]] = []
     done = 0
     for epoch in range(epochs):
         sums: dict[str, float] = {}
@@ -326,6 +328,12 @@ def train(
         log(_record_line(record))
     bar.close()
     method.eval()
+    if val is not None:
+        with torch.no_grad(), autocast(device, precision):
+            after = method.after_training(*val)
+        if after:
+            history.append({"epoch": "after", **after})
+            log(_record_line(history[-1]))
     return history
 
 

@@ -393,7 +393,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
         metrics.update(
             seed=seed, recipe=RECIPE_VERSION, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
-            final_train_loss=history[-1].get("loss") if history else None, seconds=round(time.time() - started, 1),
+            final_train_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None), seconds=round(time.time() - started, 1),
             config_sha256=_sha256(config_json.encode("utf-8")),
             adapter_sha256=_file_sha256(folder / "adapter.safetensors"),
         )

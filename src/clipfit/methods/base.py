@@ -58,6 +58,11 @@ class Method(nn.Module):
     # Training-free methods (a feature cache, a closed-form probe): `fit` sees the training set once,
     # without gradients, instead of the optimisation loop; the run folder and adapter file are the same.
     fits: ClassVar[bool] = False
+    # A method that fits first and then also optimises (Tip-Adapter-F: the cache, then its keys trained).
+    optimises_after_fit: ClassVar[bool] = False
+    # Methods that select something on the few-shot validation split (a regularisation strength, the
+    # cache's alpha and beta) get its features in `fit` / `after_training`; no method selects on a test split.
+    reads_validation: ClassVar[bool] = False
     # What besides the class name makes up a prompt, for the over-long-prompt message.
     prompt_source: ClassVar[str] = "the template"
     # Whether the classifier is built from class names alone, so that it can classify classes it never
@@ -167,6 +172,11 @@ class Method(nn.Module):
         runs on fresh augmentations at every step."""
         return None
 
+    @property
+    def trains_on_stored_features(self) -> bool:
+        """Whether the optimisation reads the `feature_views` encoded once (else fresh augmentations)."""
+        return self.feature_views is not None
+
     def fit(self, features: torch.Tensor, labels: torch.Tensor,
             val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
         """A training-free method's fit (only called when `fits` is True), under no_grad: ``features``
@@ -174,6 +184,12 @@ class Method(nn.Module):
         ``val`` the validation images' (features [M, dim], labels [M]) under the evaluation transform, or
         None when the split has none. Returns figures for the log."""
         raise NotImplementedError(f"method {self.name!r} sets fits = True but has no fit()")
+
+    def after_training(self, val_features: torch.Tensor, val_labels: torch.Tensor) -> dict[str, float] | None:
+        """After the optimisation, under no_grad, for a method with `reads_validation`: select what it
+        selects on the validation images' features [M, dim] (Tip-Adapter-F's alpha and beta); figures for
+        the log, or None."""
+        return None
 
     @classmethod
     def classifies_unseen(cls, options: dict) -> bool:
