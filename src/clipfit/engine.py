@@ -277,6 +277,9 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     if stored is not None and method.trains_on_stored_features:
         features, labels = stored
+        if features.shape[0] > 1:
+            log(f"training reads these {features.shape[0]} stored views (one drawn per image and epoch), not a fresh "
+                "augmentation every step: APPROXIMATE where the official code augments afresh (augmentation=fresh does)")
         per_epoch = steps_per_epoch(labels.shape[0], optim.batch_size)
         epoch_batches = lambda: feature_batches(features, labels, optim.batch_size, generator)  # noqa: E731
         loss_of = method.feature_loss

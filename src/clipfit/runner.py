@@ -31,7 +31,7 @@ from .backbone import Backbone, check_model_name, load_backbone, weights_fingerp
 from .config import RunConfig, check_device, typed_fields, validate
 from .defaults import default_data_root
 from .data.samples import check_template
-from .engine import apply_precision, complete, evaluate, train
+from .engine import DASSL, OptimConfig, apply_precision, complete, evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config
@@ -65,6 +65,16 @@ def setting(config: RunConfig) -> dict:
     """The fields that make a run what it is (its identity), as JSON values."""
     ignored = NOT_IDENTITY + (() if get_method(config.method).trains else TRAINING_ONLY)
     return {k: v for k, v in json.loads(config.to_json()).items() if k not in ignored}
+
+
+def upgraded_setting(old: dict) -> dict:
+    """A setting recorded before an optimiser field existed, with that field's value then: Dassl's (every
+    run before trained with SGD and the per-epoch cosine), so that its finished runs are still reused."""
+    optim = old.get("optim")
+    if not isinstance(optim, dict):
+        return old
+    missing = {f.name for f in dataclasses.fields(OptimConfig)} - set(optim)
+    return {**old, "optim": {**optim, **{k: DASSL.get(k) for k in missing}}}
 
 
 def _sha256(data: bytes) -> str:
@@ -437,6 +447,8 @@ def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = F
             previous = {}
         if previous and "setting" not in previous and not finished:
             return  # written before summaries named their setting: its seed folders are checked one by one
+        if "setting" in previous:
+            previous["setting"] = upgraded_setting(previous["setting"])
         if "setting" in previous and previous["setting"] != setting(config):
             diff = _differs(previous["setting"], setting(config))
             raise ClipFitError(f"{out}: holds runs of a different config (differs in: {', '.join(diff)}); "

@@ -131,6 +131,8 @@ class LinearProbe(FrozenFeatureMixin, Method):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a tiny C or huge C on a few images
+            # 1-shot: as many classes as images, which scikit-learn takes for a regression target.
+            warnings.filterwarnings("ignore", message="The number of unique classes")
             return LogisticRegression(C=c, max_iter=self.config.max_iter).fit(x, y)
 
     def search_c(self, x: np.ndarray, y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray):
@@ -234,6 +236,11 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
                 p.requires_grad_(True)
 
     @classmethod
+    def protocol_defaults(cls, protocol, dataset, shots=16):
+        # Written into the run's config, so that it names the mode it ran in.
+        return {"augmentation": "cached-views", "views": VIEWS}
+
+    @classmethod
     def optim_defaults(cls, protocol, dataset, shots=16):
         return CoOp.optim_defaults(protocol, dataset, shots)
 
@@ -331,7 +338,7 @@ class TipAdapter(FrozenFeatureMixin, Method):
     @classmethod
     def protocol_defaults(cls, protocol, dataset, shots=16):
         init_alpha, (beta_max, alpha_max) = TIP_CONFIGS.get(dataset, TIP_CONFIGS["imagenet"])
-        return {"alpha": init_alpha, "beta_max": beta_max, "alpha_max": alpha_max}
+        return {"alpha": init_alpha, "beta_max": beta_max, "alpha_max": alpha_max, "views": VIEWS}
 
     @property
     def feature_views(self):
@@ -420,6 +427,10 @@ class TipAdapterF(TipAdapter):
         dim = self.clip.visual.output_dim
         del self.cache_keys
         self.cache_keys = nn.Parameter(torch.zeros(0, dim))
+
+    @classmethod
+    def protocol_defaults(cls, protocol, dataset, shots=16):
+        return {**super().protocol_defaults(protocol, dataset, shots), "augmentation": "cached-views"}
 
     @classmethod
     def optim_defaults(cls, protocol, dataset, shots=16):
