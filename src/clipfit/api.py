@@ -95,6 +95,28 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, de
     return results
 
 
+def export(run_dir: str | Path, out: str | Path) -> dict[str, str]:
+    """Write a finished seed folder's tuned model as one safetensors file for plain open_clip (see
+    `clipfit.export`: the form each method gets); returns the file's metadata."""
+    from .export import export_run
+
+    return export_run(run_dir, out)
+
+
+def predict_exported(path: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto") -> list[dict]:
+    """`predict` with an exported file (`clipfit export`) instead of a run folder."""
+    from .config import check_device
+    from .export import ExportedModel
+
+    model = ExportedModel(path, device=check_device(device))
+    results = []
+    for image in images:
+        probs = model.logits(model.preprocess(data.open_image(image)).unsqueeze(0)).softmax(dim=-1)[0]
+        top = probs.topk(min(top_k, len(model.classnames)))
+        results.append({"image": str(image), "top": [(model.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return results
+
+
 def check_dataset(name: str, root: str | Path, decode: bool | None = None):
     return data.check_dataset(name, root, decode=decode)
 

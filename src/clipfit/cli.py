@@ -212,7 +212,19 @@ def cmd_predict(args) -> None:
 
     if args.top_k < 1:
         raise ClipFitError(f"--top-k must be a whole number >= 1, got {args.top_k}")
-    print_predictions(api.predict(args.run, args.images, top_k=args.top_k, device=args.device))
+    if (args.run is None) == (args.export is None):
+        raise ClipFitError("give one of --run (a seed folder) or --export (a file written by clipfit export)")
+    if args.export is not None:
+        print_predictions(api.predict_exported(args.export, args.images, top_k=args.top_k, device=args.device))
+    else:
+        print_predictions(api.predict(args.run, args.images, top_k=args.top_k, device=args.device))
+
+
+def cmd_export(args) -> None:
+    from . import api
+
+    meta = api.export(args.run, args.out)
+    print(f"wrote {args.out}: {meta['method']} on {meta['architecture']}, form {meta['form']!r} (see README, Export)")
 
 
 def cmd_data_check(args) -> None:
@@ -316,11 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = add("predict", help="classify image files with a tuned run")
-    p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
+    p.add_argument("--run", type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
+    p.add_argument("--export", type=Path, help="or a file written by `clipfit export`")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_predict)
+
+    p = add("export", help="write a tuned run as one safetensors file that plain open_clip loads")
+    p.add_argument("run", type=Path, help="a finished seed folder, e.g. runs/eurosat-b2n/seed1")
+    p.add_argument("--out", required=True, type=Path, help="the file to write (.safetensors)")
+    p.set_defaults(func=cmd_export)
 
     p = add("data", help="datasets: list them, check what is on disk")
     data_sub = p.add_subparsers(dest="data_command", metavar="check|list", required=True, help="check or list")

@@ -125,6 +125,9 @@ class LinearProbe(FrozenFeatureMixin, Method):
         with fp32(image_features.device):
             return self.head(image_features.float())
 
+    def export_state(self):
+        return "linear_head", self.clip.state_dict(), {"head.weight": self.head.weight, "head.bias": self.head.bias}, {}
+
     def _fit_c(self, c: float, x: np.ndarray, y: np.ndarray):
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
@@ -258,6 +261,14 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
             groups["head"] = sum(p.numel() for p in self.head.parameters())
         return {k: v for k, v in groups.items() if v}
 
+    def export_state(self):
+        extra = {f"adapter.{name}": p for name, p in self.adapter.state_dict().items()}
+        if self.has_head:
+            extra.update({f"head.{name}": p for name, p in self.head.state_dict().items()})
+        else:
+            extra["class_features"] = self.class_features()
+        return "adapter", self.clip.state_dict(), extra, {"ratio": self.config.ratio}
+
     def logits_from_features(self, image_features, classifier):
         with fp32(image_features.device):
             f = image_features.float()
@@ -360,6 +371,11 @@ class TipAdapter(FrozenFeatureMixin, Method):
                 empty = torch.zeros(new.shape, device=current.device, dtype=current.dtype)
                 setattr(self, name, nn.Parameter(empty) if isinstance(current, nn.Parameter) else empty)
         super().load_adapter_state(state, source)
+
+    def export_state(self):
+        extra = {"cache_keys": self.cache_keys, "cache_values": self.cache_values, "alpha": self.alpha, "beta": self.beta,
+                 "class_features": self.class_features()}
+        return "cache", self.clip.state_dict(), extra, {}
 
     def fit(self, features, labels, val):
         self.cache_keys = normalize_fp32(features.mean(dim=0))

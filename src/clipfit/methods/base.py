@@ -261,6 +261,17 @@ class Method(nn.Module):
         state.update({ADDED + name: t.detach() for name, t in self.state_dict().items() if not name.startswith("clip.")})
         return {name: t.clone().contiguous() for name, t in state.items()}
 
+    def export_state(self) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+        """What `clipfit export` writes (`clipfit.export`): (form, the CLIP's state dict with the method's
+        update in its own tensors, the tensors its classifier reads besides the CLIP, metadata values).
+        Default: the "open_clip" form, for a method whose whole update lives in the CLIP's tensors and that
+        classifies with the class prompts. A method that adds modules and names no other form changes how
+        the towers run (learned prompts inside them): `ClipFitError`."""
+        if any(key.startswith(ADDED) for key in self.adapter_state()):
+            raise ClipFitError(f"method {self.name!r} cannot be exported for plain open_clip: its learned prompts change "
+                               "how the towers run; classify with its run folder: clipfit predict --run SEED_FOLDER")
+        return "open_clip", self.clip.state_dict(), {}, {}
+
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
         """Copy an adapter file's tensors in; `ClipFitError` naming the file when a key or shape differs."""
         own = self.backbone_parameters()

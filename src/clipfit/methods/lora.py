@@ -297,6 +297,13 @@ class CLIPLoRA(Method):
         with fp32(image_features.device):
             return LOGIT_SCALE * image_features.float() @ classifier.float().t()
 
+    def export_state(self):
+        # The merged CLIP, with its logit scale set to the fixed 100 this method classifies with, so that
+        # plain open_clip's logits are the tuned model's.
+        state = self.merged_backbone_state()
+        state["logit_scale"] = torch.full_like(state["logit_scale"], math.log(LOGIT_SCALE))
+        return "open_clip", state, {}, {}
+
     def merged_backbone_state(self) -> dict[str, torch.Tensor]:
         """A copy of the backbone's state dict with scale * B A added into the chosen rows of each
         `attn.in_proj_weight` (q, k, v: rows 0..W-1, W..2W-1, 2W..3W-1) and into `attn.out_proj.weight`

@@ -166,6 +166,10 @@ class CoOp(Method):
     def ctx_init(self) -> str:
         return self.config.ctx_init
 
+    def export_state(self):
+        # The learned context only shapes the class text features: the run's classes need nothing more.
+        return "class_features", self.clip.state_dict(), {"class_features": self.class_features()}, {}
+
     def class_prompts(self, classnames):
         return self.prompt_learner.prompts(classnames)
 
