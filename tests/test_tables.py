@@ -1,18 +1,26 @@
 """The README's mini-world tables: their rows, their markdown, and their place in the README."""
 
+import dataclasses
+
 import pytest
 
 from clipfit.tables import (README_END, README_START, MiniWorldTableConfig, leaderboard_markdown, mini_world_table,
                             to_markdown, update_readme)
 
 
+def accuracy(value, seconds=4.0):
+    return {"mean": {"accuracy": value}, "std": {"accuracy": 0.0}, "seconds": seconds}
+
+
 def row(task, zero, fit, coop=None, new=None):
     methods = {"clipfit": {"mean": {"base": fit, "new": fit, "hm": fit}, "std": {"base": 1.0, "new": 2.0, "hm": 0.5}, "seconds": 10.0}}
+    fewshot = {"clipfit": {1: accuracy(fit - 10), 16: accuracy(fit + 10)}}
     if coop is not None:
         methods["coop"] = {"mean": {"base": coop, "new": new, "hm": 2 * coop * new / (coop + new)},
                            "std": {"base": 0.0, "new": 0.0, "hm": 0.0}, "seconds": 30.0}
+        fewshot["coop"] = {1: accuracy(coop - 20), 16: None}  # 16-shot not finished
     return {"task": task, "classes": 10, "zeroshot_all": zero, "zeroshot": {"base": zero, "new": zero, "hm": zero},
-            "methods": methods}
+            "methods": methods, "fewshot": fewshot}
 
 
 def test_markdown_has_a_row_per_task_and_a_mean_over_tasks_with_training_data():
@@ -34,12 +42,19 @@ def test_one_seed_shows_no_spread_and_other_epochs_are_named():
 def test_leaderboard_ranks_methods_by_the_hm_of_their_mean_base_and_new():
     # coop: mean Base (80 + 60) / 2 = 70, mean New (20 + 40) / 2 = 30, HM(70, 30) = 42.0 (not the mean of
     # the per-task HMs, (32 + 48) / 2 = 40.0); CLIPFit 55 everywhere.
+    # Few-shot cells are the mean accuracy over tasks; a cell with an unfinished task is "…"; a method
+    # whose classifier cannot name new classes has "–" for base-to-new; s / run is over finished cells.
     rows = [row("mini_a", 40.0, 50.0, coop=80.0, new=20.0), row("mini_b", 60.0, 60.0, coop=60.0, new=40.0)]
-    lines = leaderboard_markdown(MiniWorldTableConfig(methods=["clipfit", "coop"]), rows).splitlines()
-    assert lines[0] == "| method | Base | New | HM | a HM | b HM | s / run |"
-    assert lines[2] == "| zeroshot | 50.0 | 50.0 | 50.0 | 40.0 | 60.0 | |"
-    assert lines[3] == "| clipfit | 55.0 | 55.0 | 55.0 | 50.0 | 60.0 | 10 |"
-    assert lines[4] == "| coop | 70.0 | 30.0 | 42.0 | 32.0 | 48.0 | 30 |"
+    for r in rows:
+        r["methods"]["linear-probe"] = None
+        r["fewshot"]["linear-probe"] = {1: accuracy(30.0, 2.0), 16: accuracy(70.0, 2.0)}
+    table = MiniWorldTableConfig(methods=["clipfit", "coop", "linear-probe"], fewshot_shots=(1, 16))
+    lines = leaderboard_markdown(table, rows).splitlines()
+    assert lines[0] == "| method | 1-shot | 16-shot | Base | New | HM | s / run |"
+    assert lines[2] == "| zeroshot | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | |"
+    assert lines[3] == "| clipfit | 45.0 | 65.0 | 55.0 | 55.0 | 55.0 | 6 |"  # seconds (10 + 4 + 4) / 3 per task
+    assert lines[4] == "| coop | 50.0 | … | 70.0 | 30.0 | 42.0 | 17 |"  # (30 + 4) / 2
+    assert lines[5] == "| linear-probe | 30.0 | 70.0 | – | – | – | 2 |"
 
 
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path):
@@ -59,14 +74,18 @@ def test_update_readme_without_markers_fails_and_leaves_the_file_alone(tmp_path)
 
 def test_table_runs_each_setting_once_and_reuses_finished_runs(tmp_path):
     table = MiniWorldTableConfig(tasks=["mini_colors", "mini_shapes_sketch"], methods=["clipfit"], seeds=[1], shots=2, epochs=1,
-                                 data_root=str(tmp_path / "data"), out=str(tmp_path / "runs"))
+                                 data_root=str(tmp_path / "data"), out=str(tmp_path / "runs"), fewshot_shots=(1,))
+    unfinished = mini_world_table(dataclasses.replace(table, run_missing=False), progress=False)
+    assert unfinished[0]["methods"]["clipfit"] is None and unfinished[0]["fewshot"]["clipfit"][1] is None
     rows = mini_world_table(table, progress=False)
     assert [r["task"] for r in rows] == ["mini_colors", "mini_shapes_sketch"]
     colors, sketch = rows
     assert sketch["test_domain_of"] == "mini_shapes" and 0 <= sketch["zeroshot_all"] <= 100
     assert set(colors["methods"]["clipfit"]["mean"]) == {"base", "new", "hm"}
     metrics = sorted((tmp_path / "runs").rglob("metrics.json"))
-    assert len(metrics) == 4  # colours: zero-shot all / base2new, CLIPFit base2new; sketch: zero-shot
+    assert len(metrics) == 5  # colours: zero-shot all / base2new, CLIPFit base2new and 1-shot; sketch: zero-shot
+    assert 0 <= colors["fewshot"]["clipfit"][1]["mean"]["accuracy"] <= 100
     stamps = [m.stat().st_mtime_ns for m in metrics]
     assert mini_world_table(table, progress=False) == rows
     assert [m.stat().st_mtime_ns for m in metrics] == stamps
+    assert mini_world_table(dataclasses.replace(table, run_missing=False), progress=False) == rows

@@ -260,7 +260,8 @@ def cmd_table_mini_world(args) -> None:
     if "clipfit" not in methods:
         methods = [*methods, "clipfit"]  # the per-task table shows it
     table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
-                                 data_root=args.data_root or str(default_data_root()), out=args.out)
+                                 data_root=args.data_root or str(default_data_root()), out=args.out,
+                                 run_missing=not args.finished_only)
     rows = mini_world_table(table, progress=not args.no_progress)
     markdown, leaderboard = to_markdown(table, rows), leaderboard_markdown(table, rows)
     print(markdown, leaderboard, sep="\n\n")
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("table", help="regenerate a table the README quotes")
     table_sub = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
     t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
-                             help="mini CLIP zero-shot per mini-world task, and every method's 16-shot base-to-new vs zero-shot")
+                             help="mini CLIP zero-shot per mini-world task; every method's few-shot (1-16 shots) and 16-shot base-to-new")
     t.add_argument("--methods", nargs="+", default=["all"],
                    help="methods to compare with zero-shot (CLIPFit always; 'all': every registered method that trains)")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
     t.add_argument("--out", default=defaults.TABLE_OUT, help="run folders; finished runs are reused")
     t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
+    t.add_argument("--finished-only", action="store_true",
+                   help="run nothing: write the tables from the runs finished so far (cells still to run show …)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_table_mini_world)
 

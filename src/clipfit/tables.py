@@ -146,15 +146,17 @@ def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
                          f"test domain of {row['test_domain_of']} | |")
             continue
         z, fit = row["zeroshot"], row["methods"]["clipfit"]
-        c, s = fit["mean"], fit["std"]
+        clipfit = "…" if fit is None else " / ".join(cell(fit["mean"][k], fit["std"][k]) for k in METRICS)
         lines.append(
             f"| {row['task']} | {row['classes']} | {row['zeroshot_all']:.1f} | {z['base']:.1f} / {z['new']:.1f} / {z['hm']:.1f} | "
-            f"{cell(c['base'], s['base'])} / {cell(c['new'], s['new'])} / {cell(c['hm'], s['hm'])} |"
+            f"{clipfit} |"
         )
-    zero, fit = _task_mean([r["zeroshot"] for r in full]), _task_mean([r["methods"]["clipfit"]["mean"] for r in full])
+    zero = _task_mean([r["zeroshot"] for r in full])
+    fits = [r["methods"]["clipfit"] for r in full]
+    fit = "…" if None in fits else " / ".join(f"{v:.1f}" for v in _task_mean([f["mean"] for f in fits]).values())
     lines.append(
         f"| **mean** (tasks with training data; HM of the mean Base and New) | | {sum(r['zeroshot_all'] for r in full) / len(full):.1f} | "
-        f"{zero['base']:.1f} / {zero['new']:.1f} / {zero['hm']:.1f} | {fit['base']:.1f} / {fit['new']:.1f} / {fit['hm']:.1f} |"
+        f"{zero['base']:.1f} / {zero['new']:.1f} / {zero['hm']:.1f} | {fit} |"
     )
     return "\n".join(lines)
 
