@@ -2,41 +2,76 @@
 time per image, peak training memory.
 
 For each method of `clipfit.methods.METHODS` (registration order, zero-shot included), in its own fresh
-Python subprocess (so that memory peaks do not mix):
+Python subprocess (so that memory peaks do not mix), measured the way `clipfit.engine.train` runs it:
 
   setup       `load_backbone(model, "none")` (random init, fp32), the method built by
               `build_method(name, backbone, classnames, template, options)` with its base-to-new defaults
-              (`options = cls.protocol_defaults("base2new", "imagefolder")`, plus --options),
+              as `clipfit.runner` merges them (`cls.protocol_defaults("base2new", "imagefolder")`, then the
+              variant's `cls.preset`, then --options),
               `method.prepare_training()`, `method.train()`
-  trainable   `sum(p.numel() for p in method.trainable_parameters().values())` (0 for zero-shot)
-  training    one step = `loss, _ = method.training_loss(images, labels)`, `method.backward(loss, identity)`,
-              an SGD step at lr 1e-9 (the weights stay nearly as they were), gradients set to None;
-              the median of --steps steps after 1 warm-up, divided by the batch size. Zero-shot trains
-              nothing: no training time. A training-free method (`method.fits`) is timed through one
-              `method.fit` over --steps batches (after a 1-batch warm-up), per image
+  encoding    for a method that reads stored frozen features (`method.feature_views` is not None and it
+              fits or `trains_on_stored_features`: linear-probe, tip-adapter, tip-adapter-f, clip-adapter
+              with its default augmentation "cached-views"): `method.encode_images(images)` under
+              `torch.no_grad()`, the frozen tower's forward that `clipfit.features.encode_views` runs once
+              per training image and view; the median of --steps batches after 1 warm-up, per image and
+              view. A run encodes `feature_views` views of each image (10 by default; linear-probe's 0 means
+              the un-augmented image once). The stored features [views, N, dim] handed on are these
+              encodings (the same random batch in every view: the timings do not depend on the values)
+  fit         a training-free method (`method.fits` and not `optimises_after_fit`: linear-probe,
+              tip-adapter), in eval mode under no_grad as the engine runs it: `method.fit(features, labels,
+              val)`, val = the batch's own un-augmented features and labels (M = the batch: linear-probe's
+              C search and Tip-Adapter's alpha/beta search run on them; encoding real validation images,
+              M more forwards, is not counted), the median of --steps fits after 1 warm-up. Its training
+              time per image = views x the encoding per image and view + the fit / batch
+  trainable   `sum(p.numel() for p in method.trainable_parameters().values())` after any fit (0 for
+              zero-shot, linear-probe and tip-adapter, whose fitted head / cache the table names apart).
+              Tip-Adapter-F's keys exist only after `fit`: it is fitted on the benchmark batch first, so its
+              count is N*K x dim with N*K = the batch (the table says which)
+  training    one step = the loss, `method.backward(loss, identity)`, an optimiser step at lr 1e-9 (the
+              weights stay nearly as they were), gradients set to None; the median of --steps steps after
+              1 warm-up, divided by the batch size. The optimiser is the method's own (SGD with momentum, or
+              AdamW for clip-lora and tip-adapter-f): `build_optimizer(complete(OptimConfig(lr=1e-9),
+              cls.optim_defaults("base2new", "imagefolder")), params)`. The loss is
+              `method.feature_loss(features, labels)` on one stored view of the batch for a method that
+              trains on stored features (the training column then excludes the one-off encoding, given in
+              its own column), else `method.training_loss(images, labels)`. For a stored-feature method the
+              "fresh-augmentation step" column also times `training_loss` on the images, which is what its
+              step costs with `augmentation=fresh` (the tower runs on a new augmentation at every step).
+              Zero-shot trains nothing: no training time
   inference   `method.eval()`; under `torch.no_grad()` `classifier = method.classifier()` once (its time is
               recorded apart), then `method.logits(images, classifier)` per batch: median of --steps
               batches after 1 warm-up, divided by the batch size. CoCoOp's `classifier()` is None and its
               logits run the text tower for every image over all classes: that is its real cost
-  memory      CPU: the process's peak resident set (GB) over setup and the training steps (the steps'
-              own peak read from VmHWM, reset after setup through /proc/self/clear_refs; ru_maxrss where
-              that is unavailable), with the resident set after setup, so the step's own share shows;
-              CUDA: `torch.cuda.max_memory_allocated()` over the steps (peak stats reset after setup) and
-              `memory_allocated()` after setup
+  memory      CPU: the process's peak resident set (GB) over setup and training (encoding, fit and the
+              training steps; the training's own peak read from VmHWM, reset after setup through
+              /proc/self/clear_refs; ru_maxrss where that is unavailable), with the resident set after
+              setup, so the training's own share shows; CUDA: `torch.cuda.max_memory_allocated()` over the
+              training (peak stats reset after setup) and `memory_allocated()` after setup. The
+              fresh-augmentation steps of a stored-feature method are measured after another reset, their
+              peak kept apart in the JSON (`fresh_train_peak_gb`)
+
+So a run's training costs about, per training image: views x encoding + epochs x training (stored
+features), epochs x fresh-augmentation step (`augmentation=fresh`), or the training column once
+(training-free, at this batch: the fits' cost is not linear in the number of images).
 
 Every method gets the same backbone, batch, images (random, the model's input size), labels and classes
-(--classes synthetic names of 1-4 words from prompt_step.py's generator, template "a photo of a {}."), so
-the rows compare. Methods' official batches differ (CoCoOp's is 1, MaPLe's 4, KgCoOp's base-to-new 128):
-the table uses the common batch, as CLIPFit's Table 7 does. MaPLe prompts the first 9 blocks of each tower,
-so it needs at least 9 (ViT-B-16 has 12); --quick's tiny-clip has 2 and gets `{"depth": 2}` (TINY_OPTIONS).
+(--classes synthetic names of 1-4 words from step_time.py's generator, template "a photo of a {}."), so
+the rows compare. Methods' official batches differ (CoCoOp's is 1, MaPLe's 4, KgCoOp's base-to-new 128,
+Tip-Adapter-F's 256): the table uses the common batch, as CLIPFit's Table 7 does. MaPLe prompts the first
+9 blocks of each tower, so it needs at least 9 (ViT-B-16 has 12); --quick's tiny-clip has 2 and gets
+`{"depth": 2}` (TINY_OPTIONS).
 
 The parent records, per child, the 1-minute load average before and after it and warns when it exceeded
 the CPU count (other processes then share the CPUs and inflate the wall times), and the machine
 (`platform.processor()`, the CPU model, `os.cpu_count()`), torch's version and the children's
-`torch.get_num_threads()`.
+`torch.get_num_threads()`. --readme PATH writes the markdown table, a line naming the exact command, the
+date, the device, torch's version and the thread count, and the notes, between PATH's
+`<!-- method-cost:start -->` and `<!-- method-cost:end -->` markers (`clipfit.tables.update_readme`;
+an error when the markers are missing).
 
     python benchmarks/method_cost.py                          # ViT-B-16, batch 32, 100 classes, 3 steps, CPU
     python benchmarks/method_cost.py --threads 1 --methods clipfit coop cocoop
+    python benchmarks/method_cost.py --steps 1 --readme README.md
     python benchmarks/method_cost.py --device cuda --out benchmarks/results/method_cost_cuda.json
     python benchmarks/method_cost.py --quick --threads 1      # tiny-clip, 20 classes, batch 8, 1 step: does it run
 
@@ -47,9 +82,11 @@ benchmarks/results/method_cost.json, with --quick /tmp/method_cost_quick.json) a
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -71,6 +108,18 @@ TEST_CONFIGS = ROOT / "tests" / "model_configs"
 PROTOCOL, DATASET = "base2new", "imagefolder"  # whose defaults each method is built with
 # Options --quick adds over the protocol defaults: tiny-clip has 2 blocks per tower, MaPLe's default depth is 9.
 TINY_OPTIONS = {"maple": {"depth": 2}}
+README_MARKERS = "method-cost"  # <!-- method-cost:start --> ... <!-- method-cost:end -->
+LR = 1e-9  # a step that leaves the weights nearly unchanged
+
+# What the training column measures, per kind of method (the JSON's "training"; the table's "training is").
+TRAINING_KINDS = {
+    "none": "-",
+    "steps on images": "step on images",
+    "steps on stored features": "step on stored features",
+    "encode + fit": "encode views + fit",
+    "fit, then steps on stored features": "fit, then step on stored features",
+    "fit, then steps on images": "fit, then step on images",
+}
 
 
 @dataclass
@@ -96,6 +145,7 @@ def _measure(job: Job) -> dict:
     import torch
 
     from clipfit.backbone import load_backbone
+    from clipfit.engine import OptimConfig, build_optimizer, complete
     from clipfit.methods import build_method
 
     for d in job.config_dirs:
@@ -107,7 +157,19 @@ def _measure(job: Job) -> dict:
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
+
+    def timed(fn) -> list[float]:
+        """Wall times of --steps calls of ``fn`` after one warm-up call."""
+        fn()
+        times = []
+        for _ in range(job.steps):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return times
 
     out: dict = {"threads": torch.get_num_threads(), "options": job.options}
     torch.manual_seed(job.seed)
@@ -119,14 +181,10 @@ def _measure(job: Job) -> dict:
     generator = torch.Generator().manual_seed(job.seed)
     images = torch.randn(job.batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, job.classes, (job.batch,), generator=generator).to(device)
-
-    params = list(method.trainable_parameters().values())
-    out["trainable"] = sum(p.numel() for p in params)
-    out["parameter_groups"] = method.parameter_groups()
-    out["trains"] = bool(method.trains)
     out["image_size"] = size
+    out["trains"] = bool(method.trains)
 
-    # Memory after setup; then the peak is reset so that the steps' own peak can be read apart.
+    # Memory after setup; then the peak is reset so that the training's own peak can be read apart.
     sync()
     if cuda:
         out["memory_after_setup_gb"] = torch.cuda.memory_allocated(device) / 2**30
@@ -136,54 +194,122 @@ def _measure(job: Job) -> dict:
         out["peak_rss_setup_gb"] = memory.max_rss_gb()  # before the reset: setup's own peak (model building)
         out["peak_reset"] = memory.reset_peak_rss()
 
-    # A training-free method (`method.fits`, none registered yet) sees the training set once through
-    # `fit` instead of optimisation steps: its time is that of `fit` over --steps batches, per image.
-    fits = bool(getattr(method, "fits", False))
-    out["training"] = "none" if not method.trains else "fit" if fits else "steps"
-    if method.trains and fits:
-        method.eval()  # as `clipfit.engine` runs a fit: eval mode, no gradients
-        with torch.no_grad():
-            method.fit(iter([(images, labels)]))  # warm-up
-            sync()
-            start = time.perf_counter()
-            method.fit(iter([(images, labels)] * job.steps))
-            sync()
-        out["fit_s"] = time.perf_counter() - start
-        out["train_ms_per_image"] = 1000 * out["fit_s"] / (job.steps * job.batch)
-    elif method.trains and params:
-        optimizer = torch.optim.SGD(params, lr=1e-9)  # a step that leaves the weights nearly unchanged
-        losses = []
+    def training_peak() -> tuple[float, float]:
+        """(the peak over setup and the phase since the last reset, the phase's own peak) in GB."""
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+            return peak, peak
+        if out["peak_reset"]:
+            own = memory.peak_rss_gb()  # from the reset on
+            return max(out["peak_rss_setup_gb"], own), own
+        peak = memory.max_rss_gb()  # whole-process peak: a setup peak above the training's hides it
+        return peak, peak
 
-        def step():
-            loss, _ = method.training_loss(images, labels)
-            method.backward(loss, lambda x: x)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())  # .item() waits for the GPU too
+    fits = bool(method.trains and method.fits)
+    views = method.feature_views
+    stored = views is not None and bool(method.trains_on_stored_features)
+    optimises = bool(method.trains) and (not fits or bool(method.optimises_after_fit))
+    if not method.trains:
+        kind = "none"
+    elif fits and not optimises:
+        kind = "encode + fit"
+    elif fits:
+        kind = "fit, then steps on stored features" if stored else "fit, then steps on images"
+    else:
+        kind = "steps on stored features" if stored else "steps on images"
+    out["training"] = kind
 
-        step()  # warm-up
-        times = []
-        for _ in range(job.steps):
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - start)
+    # The one-off encoding of the stored features (`clipfit.features.encode_views`: no_grad, once per image
+    # and view), for every method that fits or trains on them.
+    features = None
+    if method.trains and views is not None and (fits or stored):
+        encoded = []
+
+        def encode():
+            with torch.no_grad():
+                encoded.append(method.encode_images(images).float())
+
+        times = timed(encode)
+        out["views"] = views
+        out["encoded_views"] = max(views, 1)  # views 0: the un-augmented images once
+        out["encode_batch_s"] = times
+        out["encode_ms_per_image_per_view"] = 1000 * statistics.median(times) / job.batch
+        out["encode_ms_per_image"] = out["encode_ms_per_image_per_view"] * out["encoded_views"]
+        features = torch.stack([encoded[v % len(encoded)] for v in range(out["encoded_views"])])  # [views, N, dim]
+        del encoded
+
+    if fits:
+        # As the engine fits: eval mode, no gradients; val = the batch's own un-augmented features.
+        method.eval()
+        records = []
+
+        def fit():
+            with torch.no_grad():
+                records.append(method.fit(features, labels, (features[0], labels)))
+
+        times = timed(fit)
+        out["fit_s"] = times
+        out["fit_record"] = {k: v for k, v in records[-1].items() if isinstance(v, (int, float, str, bool))}
+        out["cache_size"] = job.batch  # N*K: the images the cache (or the probe) was fitted on
+        if not optimises:
+            out["train_ms_per_image"] = out["encode_ms_per_image"] + 1000 * statistics.median(times) / job.batch
+
+    # Counted after the fit: Tip-Adapter-F's keys exist only then (N*K x dim, N*K = the batch).
+    params = list(method.trainable_parameters().values())
+    out["trainable"] = sum(p.numel() for p in params)
+    out["parameter_groups"] = method.parameter_groups()
+    out["fitted"] = sum(out["parameter_groups"].values()) if fits and not params else 0
+
+    if optimises and params:
+        optim = complete(OptimConfig(lr=LR), type(method).optim_defaults(PROTOCOL, DATASET))
+        out["optimizer"] = optim.optimizer
+        optimizer = build_optimizer(optim, params)
+        method.train()
+
+        def stepper(loss_of, inputs, losses):
+            view = [0]
+
+            def step():
+                x = inputs[view[0] % len(inputs)] if isinstance(inputs, list) else inputs
+                view[0] += 1
+                loss, _ = loss_of(x, labels)
+                method.backward(loss, lambda t: t)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())  # .item() waits for the GPU too
+
+            return step
+
+        losses: list[float] = []
+        if stored:  # one stored view of the batch per step, as `clipfit.features.feature_batches` draws them
+            times = timed(stepper(method.feature_loss, list(features), losses))
+        else:
+            times = timed(stepper(method.training_loss, images, losses))
         out["train_step_s"] = times
         out["train_ms_per_image"] = 1000 * statistics.median(times) / job.batch
         out["loss"] = losses[0]
 
     if "train_ms_per_image" in out:
+        out["train_peak_gb"], own = training_peak()
+        if not cuda and out["peak_reset"]:
+            out["training_own_peak_rss_gb"] = own
+        # What the training adds to the memory held after setup (activations, gradients, optimizer state).
+        out["train_rise_gb"] = own - out["memory_after_setup_gb"]
+
+    if optimises and params and stored:
+        # The same method's step on images: what it costs with augmentation=fresh (the tower runs every step).
         if cuda:
-            out["train_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        elif out["peak_reset"]:
-            out["steps_peak_rss_gb"] = memory.peak_rss_gb()  # the steps' own peak (from the reset on)
-            out["train_peak_gb"] = max(out["peak_rss_setup_gb"], out["steps_peak_rss_gb"])
+            torch.cuda.reset_peak_memory_stats(device)
+            out["fresh_peak_reset"] = True
         else:
-            out["train_peak_gb"] = memory.max_rss_gb()  # whole-process peak: a setup peak above the steps' hides theirs
-        # What the training steps add to the memory held after setup (activations, gradients, optimizer).
-        steps_peak = out.get("steps_peak_rss_gb", out["train_peak_gb"])
-        out["train_rise_gb"] = steps_peak - out["memory_after_setup_gb"]
+            out["fresh_peak_reset"] = memory.reset_peak_rss()
+        losses = []
+        times = timed(stepper(method.training_loss, images, losses))
+        out["fresh_step_s"] = times
+        out["fresh_step_ms_per_image"] = 1000 * statistics.median(times) / job.batch
+        out["fresh_loss"] = losses[0]
+        if out["fresh_peak_reset"]:
+            out["fresh_train_peak_gb"] = training_peak()[0]
 
     # Inference as `clipfit.engine.predict_logits` runs it: eval mode, no graph, the classifier once.
     method.eval()
@@ -194,14 +320,7 @@ def _measure(job: Job) -> dict:
         sync()
         out["classifier_s"] = time.perf_counter() - start
         out["classifier_is_none"] = classifier is None
-        method.logits(images, classifier)  # warm-up
-        times = []
-        for _ in range(job.steps):
-            sync()
-            start = time.perf_counter()
-            method.logits(images, classifier)
-            sync()
-            times.append(time.perf_counter() - start)
+        times = timed(lambda: method.logits(images, classifier))
     out["infer_batch_s"] = times
     out["infer_ms_per_image"] = 1000 * statistics.median(times) / job.batch
     return out
@@ -243,21 +362,79 @@ def run_isolated(job: Job) -> dict:
 # ---------------------------------------------------------------- in the parent
 
 
+def _trainable(r: dict) -> str:
+    text = f"{r['trainable']:,}"
+    if r.get("cache_size") is not None:
+        if r["trainable"]:
+            return f"{text} (N*K = {r['cache_size']} keys)"
+        if r.get("fitted"):
+            return f"0 (fitted {r['fitted']:,})"
+        return f"0 (cache of N*K = {r['cache_size']})"
+    return text
+
+
+def _encoding(r: dict) -> str:
+    if "encode_ms_per_image_per_view" not in r:
+        return "-"
+    views = f"x {r['views']}" if r["views"] else "x 1, un-augmented"
+    return f"{_fmt(r['encode_ms_per_image_per_view'], '.3g')} ({views})"
+
+
 def table(results: list[dict], device: str) -> str:
-    memory = "peak allocated GB" if device.startswith("cuda") else "peak RSS GB"
-    setup = "allocated after setup GB" if device.startswith("cuda") else "RSS after setup GB"
-    head = f"| method | trainable params | train ms/image | inference ms/image | {memory} (training) | {setup} | training rise GB |"
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    memory_label = "peak allocated GB" if device.startswith("cuda") else "peak RSS GB"
+    head = (f"| method | trainable params | training ms/image | inference ms/image | {memory_label} (training) | training is | "
+            "encoding ms/image/view (views) | fresh-augmentation step ms/image |")
+    lines = [head, "|---|" + "---:|" * 4 + "---|---:|---:|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['method']} | error: {r['error']} | - | - | - | - | - |")
+            lines.append(f"| {r['method']} | error: {r['error']} | - | - | - | - | - | - |")
             continue
         lines.append(
-            f"| {r['method']} | {r['trainable']:,} | {_fmt(r.get('train_ms_per_image'), '.3g')} | "
-            f"{_fmt(r.get('infer_ms_per_image'), '.3g')} | {_fmt(r.get('train_peak_gb'))} | {_fmt(r.get('memory_after_setup_gb'))} | "
-            f"{_fmt(r.get('train_rise_gb'), '.3f')} |"
+            f"| {r['method']} | {_trainable(r)} | {_fmt(r.get('train_ms_per_image'), '.3g')} | "
+            f"{_fmt(r.get('infer_ms_per_image'), '.3g')} | {_fmt(r.get('train_peak_gb'))} | "
+            f"{TRAINING_KINDS.get(r.get('training'), r.get('training', '-'))} | {_encoding(r)} | "
+            f"{_fmt(r.get('fresh_step_ms_per_image'), '.3g')} |"
         )
     return "\n".join(lines)
+
+
+def _optimises(cls) -> bool:
+    """Whether a method class runs optimisation steps (not zero-shot, not a training-free fit alone)."""
+    return bool(cls.trains) and (not cls.fits or bool(cls.optimises_after_fit))
+
+
+def notes(results: list[dict], args, methods_cls: dict) -> list[str]:
+    from clipfit.engine import OptimConfig, complete
+
+    def official(m: str) -> str:
+        optim = complete(OptimConfig(), methods_cls[m].optim_defaults(PROTOCOL, DATASET))
+        return f"{m} {optim.batch_size} ({optim.optimizer})"
+
+    out = [
+        "training ms/image: the optimiser step (the method's own optimiser at lr 1e-9) per image, on the images "
+        "(`training_loss`) or, for a method that trains on stored features, on one stored view (`feature_loss`: the "
+        "one-off encoding excluded); for a training-free method (encode views + fit) views x the encoding + its fit, "
+        f"per image, with the batch's own features as its validation set (M = {args.batch})",
+        "encoding ms/image/view: the frozen image tower's no-grad forward (`encode_images`) that a stored-feature run "
+        "pays once per training image and view (views in brackets); fresh-augmentation step: the same method's step "
+        "on images, what each step costs with augmentation=fresh. A run costs about views x encoding + epochs x "
+        "training per image (stored features), or epochs x fresh step (augmentation=fresh)",
+        f"tip-adapter-f is fitted on the benchmark batch first: its trainable cache keys are N*K x dim with N*K = "
+        f"{args.batch} (a real run's N*K is classes x shots); linear-probe's and tip-adapter's fitted head / cache "
+        "are not trainable parameters",
+        f"every method at batch {args.batch} so the rows compare (as CLIPFit's Table 7); official batches "
+        "(base-to-new) and optimisers: " + ", ".join(official(r["method"]) for r in results if _optimises(methods_cls[r["method"]])),
+        "CoCoOp's official batch is 1; its classifier() is None and its logits run the text tower per image over all classes",
+    ]
+    return out
+
+
+def run_line(argv: list[str], env: dict, results: list[dict]) -> str:
+    threads = next((r["threads"] for r in results if "threads" in r), "?")
+    where = f"GPU {env['gpu']}" if env.get("gpu") else f"CPU {env.get('cpu') or env.get('processor') or '?'} ({env.get('cpus')} CPUs)"
+    command = shlex.join(["python", "benchmarks/method_cost.py", *argv])
+    return (f"`{command}` on {datetime.date.today().isoformat()}, {where}, torch {env['torch']}, "
+            f"{threads} torch thread{'s' if threads != 1 else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,8 +461,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config-dir", nargs="*", default=[], help="extra open_clip model config folders")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON results (default: benchmarks/results/method_cost.json; with --quick /tmp/method_cost_quick.json)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help=f"write the table between this file's <!-- {README_MARKERS}:start --> and <!-- {README_MARKERS}:end --> markers")
     parser.add_argument("--quick", action="store_true", help="tiny-clip (tests/model_configs), 20 classes, batch 8, 1 step: check the script works")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    methods = [m for m in METHODS if m in args.methods]  # registry order, whatever order they were named in
+    if args.readme is not None:
+        from clipfit.tables import update_readme
+
+        text = args.readme.read_text(encoding="utf-8")  # fail now, not after the run, on a missing file or markers
+        if f"<!-- {README_MARKERS}:start -->" not in text or f"<!-- {README_MARKERS}:end -->" not in text:
+            parser.error(f"{args.readme}: no <!-- {README_MARKERS}:start --> ... <!-- {README_MARKERS}:end --> markers")
     config_dirs = [str(Path(d).resolve()) for d in args.model_config_dir]
     extra = args.options or {}
     if args.quick:
@@ -298,21 +486,19 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     env = environment(args.device)
     env.update(processor=platform.processor(), machine=platform.machine())
-    notes = [
-        f"every method at batch {args.batch} so the rows compare (as CLIPFit's Table 7); official batches (base-to-new): "
-        + ", ".join(f"{m} {METHODS[m].optim_defaults(PROTOCOL, DATASET).get('batch_size', '?')}" for m in args.methods if METHODS[m].trains),
-        "CoCoOp's official batch is 1; its classifier() is None and its logits run the text tower per image over all classes",
-    ]
-    record = {"config": {**vars(args), "out": str(out), "model_config_dir": config_dirs, "options": extra},
-              "protocol_defaults": f"{PROTOCOL}/{DATASET}", "environment": env, "notes": notes, "results": results}
+    record = {"config": {**vars(args), "out": str(out), "readme": str(args.readme) if args.readme else None,
+                         "model_config_dir": config_dirs, "options": extra, "argv": argv},
+              "protocol_defaults": f"{PROTOCOL}/{DATASET}", "environment": env, "results": results}
     started = time.perf_counter()
 
     def save():
+        record["notes"] = notes(results, args, METHODS)
         record["wall_s"] = time.perf_counter() - started
-        out.write_text(json.dumps(record, indent=2))
+        out.write_text(json.dumps(record, indent=2, default=str))
 
-    for name in args.methods:
-        options = {**METHODS[name].protocol_defaults(PROTOCOL, DATASET), **extra.get(name, {})}
+    for name in methods:
+        # As `clipfit.runner` builds a run's options: the protocol's defaults, the variant's preset, the user's.
+        options = {**METHODS[name].protocol_defaults(PROTOCOL, DATASET), **METHODS[name].preset, **extra.get(name, {})}
         job = Job(model=args.model, method=name, options=options, classes=args.classes, batch=args.batch, steps=args.steps,
                   seed=args.seed, threads=args.threads, device=args.device, config_dirs=tuple(config_dirs))
         print(f"[{args.model} {name}] options {options} ...", flush=True)
@@ -321,23 +507,35 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"    error: {r['error']}", flush=True)
         else:
-            train = f"train {r['train_ms_per_image']:.3g} ms/image, peak {r['train_peak_gb']:.2f} GB, " if "train_ms_per_image" in r else ""
-            print(f"    {r['trainable']:,} trainable, {train}inference {r['infer_ms_per_image']:.3g} ms/image ({r['subprocess_s']:.0f} s)", flush=True)
+            parts = [f"{_trainable(r)} trainable"]
+            if "encode_ms_per_image_per_view" in r:
+                parts.append(f"encoding {_encoding(r)} ms/image/view")
+            if "train_ms_per_image" in r:
+                parts.append(f"training ({r['training']}) {r['train_ms_per_image']:.3g} ms/image, peak {r['train_peak_gb']:.2f} GB")
+            if "fresh_step_ms_per_image" in r:
+                parts.append(f"fresh-augmentation step {r['fresh_step_ms_per_image']:.3g} ms/image")
+            parts.append(f"inference {r['infer_ms_per_image']:.3g} ms/image")
+            print(f"    {', '.join(parts)} ({r['subprocess_s']:.0f} s)", flush=True)
         save()
 
-    threads = next((r["threads"] for r in results if "threads" in r), "?")
-    where = env.get("gpu", f"CPU ({env.get('cpu') or env['processor']}, {os.cpu_count()} CPUs, {threads} torch threads)")
-    print(f"\n{args.model}, {args.classes} classes, batch {args.batch}, fp32, {where}, torch {env['torch']}; "
-          f"median of {args.steps} step(s) after 1 warm-up; base-to-new defaults\n")
-    print(table(results, args.device))
-    print("\n" + "\n".join(f"- {n}" for n in notes))
+    lines = [table(results, args.device), "", run_line(argv, env, results) + "; "
+             f"{args.model} (random init), {args.classes} classes, batch {args.batch}, fp32, median of {args.steps} "
+             f"step(s) after 1 warm-up, base-to-new defaults, each method in its own process", ""]
+    lines += [f"- {n}" for n in notes(results, args, METHODS)]
     busy = [r for r in results if max(r["loadavg_before"], r["loadavg_after"]) > (os.cpu_count() or 1)]
     if busy:
         load = max(max(r["loadavg_before"], r["loadavg_after"]) for r in busy)
-        print(f"\nwarning: {len(busy)} of {len(results)} method(s) ran while the 1-minute load average exceeded the CPU count "
-              f"(up to {load:.1f} on {os.cpu_count()} CPUs, the child's own threads included): other processes shared the "
-              "CPUs, so the wall times are inflated; rerun on a quiet machine")
+        warning = (f"warning: {len(busy)} of {len(results)} method(s) ran while the 1-minute load average exceeded the CPU count "
+                   f"(up to {load:.1f} on {os.cpu_count()} CPUs, the child's own threads included): other processes shared the "
+                   "CPUs, so the wall times are inflated; rerun on a quiet machine")
+        lines += [f"- {warning}"]
+        record["warning"] = warning
+    markdown = "\n".join(lines)
+    print("\n" + markdown)
     save()
+    if args.readme is not None:
+        update_readme(args.readme, markdown, README_MARKERS)
+        print(f"\nwrote the table into {args.readme}")
     print(f"\nwrote {out} in {time.perf_counter() - started:.0f} s")
     return 0
 
