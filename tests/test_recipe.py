@@ -77,6 +77,39 @@ def test_training_runs_each_epoch_at_the_scheduled_lr():
     assert [h["lr"] for h in history] == pytest.approx([1e-5, 0.01, 0.005 * (1 + math.cos(math.pi / 3))])
 
 
+def test_cosine_per_iteration_is_torchs_cosine_annealing_stepped_after_every_batch():
+    # Tip-Adapter-F's and CLIP-LoRA's scheduler: CosineAnnealingLR(T_max = all iterations, eta_min) stepped
+    # after each optimiser step, no warm-up.
+    optim = complete(OptimConfig(iterations=50, lr=2e-4, schedule="cosine-iterations", min_lr=1e-6, warmup_epochs=0))
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=optim.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50, eta_min=1e-6)
+    expected = []
+    for _ in range(50):
+        expected.append(cosine.get_last_lr()[0])
+        opt.step()
+        cosine.step()
+    assert [lr_at(optim, 0, t, 50) for t in range(50)] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_a_budget_of_iterations_runs_that_many_adamw_steps_across_epochs(monkeypatch):
+    method = tiny_clipfit()
+    lrs = []
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: lrs.append(self.param_groups[0]["lr"]) or real(self, *a, **k))
+    optim = OptimConfig(iterations=7, batch_size=8, lr=0.01, optimizer="adamw", schedule="cosine-iterations", warmup_epochs=0,
+                        eps=1e-4, weight_decay=0.01)
+    history = train(method, random_images(16), optim, seed=1, progress=False)  # 2 steps per epoch: 4 epochs, 7 steps
+    assert len(lrs) == 7 and [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert lrs == pytest.approx([0.005 * (1 + math.cos(math.pi * t / 7)) for t in range(7)])
+
+
+def test_given_epochs_replace_a_methods_iteration_budget_and_the_other_way_round():
+    lora = {"iterations": 8000, "epochs": None, "schedule": "cosine-iterations"}
+    assert complete(OptimConfig(epochs=3), lora).iterations is None
+    assert complete(OptimConfig(iterations=40), {"epochs": 100}).epochs is None
+    assert complete(OptimConfig(), lora).iterations == 8000
+
+
 # 2. Batches per epoch --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("images, batch_size, steps", [(80, 32, 2), (64, 32, 2), (20, 32, 1), (33, 8, 4)])

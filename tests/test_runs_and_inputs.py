@@ -3,6 +3,7 @@ interrupted overwrites, moved folders, leftovers, and every option validated bef
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -194,6 +195,31 @@ def test_settings_that_move_no_number_do_not_block_a_resume(eurosat_root, tmp_pa
     capsys.readouterr()
     main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1", "--num-workers", "1", "--image-cache-mb", "10",
                     "--device", "cpu", "--no-decode"))
+    assert "already done, reusing its metrics" in capsys.readouterr().out
+
+
+def test_a_run_recorded_before_the_optimiser_fields_existed_is_reused(eurosat_root, tmp_path, capsys):
+    # Runs finished before AdamW and per-iteration schedules existed record no optimizer / schedule /
+    # iterations / min_lr / eps; they trained with Dassl's values of them, so they are the same setting.
+    out = tmp_path / "run"
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
+    new_fields = ("optimizer", "schedule", "iterations", "min_lr", "eps")
+    config_file, metrics_file, summary_file = out / "seed1" / "config.json", out / "seed1" / "metrics.json", out / "summary.json"
+    config = json.loads(config_file.read_text())
+    assert config["optim"]["optimizer"] == "sgd" and config["optim"]["schedule"] == "cosine-epochs"
+    for key in new_fields:
+        del config["optim"][key]
+    text = json.dumps(config, indent=2, sort_keys=True)
+    config_file.write_text(text)
+    metrics = json.loads(metrics_file.read_text())
+    metrics["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    metrics_file.write_text(json.dumps(metrics))
+    summary = json.loads(summary_file.read_text())
+    for key in new_fields:
+        del summary["setting"]["optim"][key]
+    summary_file.write_text(json.dumps(summary))
+    capsys.readouterr()
+    main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
     assert "already done, reusing its metrics" in capsys.readouterr().out
 
 

@@ -77,8 +77,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help=f"one run per seed (default: {' '.join(map(str, defaults.SEEDS))})")
     p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the method's for the dataset; CLIPFit: 100, 10 for ImageNet and Food101)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
-    p.add_argument("--lr", type=float, help="base learning rate (default: 0.002)")
+    p.add_argument("--iterations", type=int,
+                   help="a budget of optimiser steps instead of epochs, for methods with a per-iteration schedule (CLIP-LoRA: 500 x shots)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the method's; Dassl's 32)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: the method's; Dassl's 0.002)")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction,
                    help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)")
     p.add_argument("--image-cache", choices=IMAGE_CACHES,
@@ -115,7 +117,7 @@ def _config_from_args(args):
         "hflip": args.hflip, "image_cache": args.image_cache, "image_cache_mb": args.image_cache_mb,
         "cache_dir": args.cache_dir, "check_images": args.check_images, "precision": args.precision,
     }
-    optim = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    optim = {"epochs": args.epochs, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)
     given = [key for key, _ in args.options]
     twice = sorted({key for key in given if given.count(key) > 1})
@@ -138,7 +140,7 @@ def _config_from_args(args):
 
 
 # Flags that only mean something to a method that trains.
-TRAINING_FLAGS = ("shots", "epochs", "batch_size", "lr", "beta", "hflip", "image_cache", "image_cache_mb")
+TRAINING_FLAGS = ("shots", "epochs", "iterations", "batch_size", "lr", "beta", "hflip", "image_cache", "image_cache_mb")
 
 
 def cmd_train(args) -> None:

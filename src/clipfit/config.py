@@ -226,8 +226,8 @@ def validate(config: RunConfig) -> None:
     if optim.schedule is not None and optim.schedule not in SCHEDULES:
         raise bad("schedule", optim.schedule, f"one of {', '.join(SCHEDULES)}")
     if optim.iterations is not None and optim.schedule == "cosine-epochs":
-        raise ClipFitError("iterations (a budget in steps) needs schedule cosine-iterations or constant: the schedule "
-                           "cosine-epochs steps once per epoch")
+        raise ClipFitError("iterations (a budget of steps) needs a per-iteration schedule (optim.schedule cosine-iterations "
+                           "or constant); this one, cosine-epochs, steps once per epoch: give epochs instead")
     if isinstance(config.shots, bool) or not isinstance(config.shots, int) or config.shots < 0:
         raise bad("shots", config.shots, "a whole number >= 0 (0: every training image)")
     if not config.seeds:
