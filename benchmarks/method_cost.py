@@ -432,7 +432,9 @@ def notes(results: list[dict], args, methods_cls: dict) -> list[str]:
 def run_line(argv: list[str], env: dict, results: list[dict]) -> str:
     threads = next((r["threads"] for r in results if "threads" in r), "?")
     where = f"GPU {env['gpu']}" if env.get("gpu") else f"CPU {env.get('cpu') or env.get('processor') or '?'} ({env.get('cpus')} CPUs)"
-    command = shlex.join(["python", "benchmarks/method_cost.py", *argv])
+    # OMP_NUM_THREADS, where set, belongs to the command: it sets the children's default thread count.
+    omp = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ else []
+    command = " ".join(omp + [shlex.join(["python", "benchmarks/method_cost.py", *argv])])
     return (f"`{command}` on {datetime.date.today().isoformat()}, {where}, torch {env['torch']}, "
             f"{threads} torch thread{'s' if threads != 1 else ''}")
 
@@ -471,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme is not None:
         from clipfit.tables import update_readme
 
-        text = args.readme.read_text(encoding="utf-8")  # fail now, not after the run, on a missing file or markers
+        if not args.readme.is_file():  # fail now, not after the run, on a missing file or markers
+            parser.error(f"--readme {args.readme}: no such file")
+        text = args.readme.read_text(encoding="utf-8")
         if f"<!-- {README_MARKERS}:start -->" not in text or f"<!-- {README_MARKERS}:end -->" not in text:
             parser.error(f"{args.readme}: no <!-- {README_MARKERS}:start --> ... <!-- {README_MARKERS}:end --> markers")
     config_dirs = [str(Path(d).resolve()) for d in args.model_config_dir]

@@ -240,8 +240,8 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
 
     @classmethod
     def protocol_defaults(cls, protocol, dataset, shots=16):
-        # Written into the run's config, so that it names the mode it ran in.
-        return {"augmentation": "cached-views", "views": VIEWS}
+        # Written into the run's config, so that it names the mode it ran in (a variant's own where it fixes one).
+        return {"augmentation": cls.preset.get("augmentation", "cached-views"), "views": VIEWS}
 
     @classmethod
     def optim_defaults(cls, protocol, dataset, shots=16):
