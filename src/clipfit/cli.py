@@ -66,6 +66,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--option", dest="options", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="method option, e.g. regularizer=bias-mse (repeatable)")
     p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
+    p.add_argument("--type", choices=("vision", "vision-language"),
+                   help="the classifier of clip-adapter, vpt-shallow, vpt-deep: a linear head on the image features, "
+                        "or cosine against the class prompts (default: the method's paper's)")
     _add_backbone_args(p)
     p.add_argument("--dataset", help="required: a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
     p.add_argument("--data-root", help=f"the folder that holds the datasets, the folder itself for imagefolder, the file "
@@ -127,14 +130,19 @@ def _config_from_args(args):
     from .methods import get_method
 
     method = get_method(args.method or config.method)
-    if args.beta is not None and method.trains:  # else ignored, with a note
-        import dataclasses
+    import dataclasses
 
-        fields = sorted(f.name for f in dataclasses.fields(method.config_class))
-        if "beta" not in fields:
-            raise ClipFitError(f"--beta does not apply to method {method.name!r}, which has no beta option "
+    fields = sorted(f.name for f in dataclasses.fields(method.config_class))
+    # Shortcuts for one option: --beta (CLIPFit's regulariser weight), --type (the study's head).
+    for flag, value in (("beta", args.beta if method.trains else None), ("type", args.type)):
+        if value is None:
+            continue
+        if flag not in fields:
+            raise ClipFitError(f"--{flag} does not apply to method {method.name!r}, which has no {flag} option "
                                f"(its options, for --option key=value: {', '.join(fields) or 'none'})")
-        options["beta"] = args.beta
+        if flag in options and options[flag] != value and flag in dict(args.options):
+            raise ClipFitError(f"--{flag} {value} and --option {flag}={options[flag]} disagree; give one")
+        options[flag] = value
     return api.replace_config(config, method_options=options, optim={k: v for k, v in optim.items() if v is not None},
                               **{k: v for k, v in top.items() if v is not None})
 
