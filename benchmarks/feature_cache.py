@@ -57,7 +57,7 @@ def main() -> None:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    lines = [f"| method | seed | fresh: s / run | cached views: s / run | speed-up | fresh accuracy | cached accuracy |",
+    lines = ["| method | seed | fresh: s / run | cached views: s / run | speed-up | fresh accuracy | cached accuracy |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for m in args.methods:
         for s in args.seeds:

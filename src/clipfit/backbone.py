@@ -149,6 +149,19 @@ def _is_prompt_ready_vit(visual: nn.Module) -> bool:
     )
 
 
+def _embed_patches(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The ViT's token sequence [batch, 1 + patches, width] before `ln_pre`, as open_clip builds it: patch
+    embeddings after the class token, the positional embedding added, patch dropout applied (which keeps
+    the class token first). `BackboneError` for towers that are not such a ViT."""
+    visual = model.visual
+    vision_width(model)  # checks the tower
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    return visual.patch_dropout(x)
+
+
 def encode_image_prompted(model: nn.Module, images: torch.Tensor, prompts: list[torch.Tensor | None]) -> torch.Tensor:
     """Unnormalised image features [batch, embed] of an open_clip ViT whose token sequence carries learned
     prompt tokens, appended after the patch tokens (MaPLe, `clip/model.py` of its official code).
@@ -159,12 +172,7 @@ def encode_image_prompted(model: nn.Module, images: torch.Tensor, prompts: list[
     the class token's, as open_clip pools it. `BackboneError` for towers that pool otherwise.
     """
     visual = model.visual
-    vision_width(model)  # checks the tower
-    x = visual.conv1(images)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-    x = x + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)
+    x = _embed_patches(model, images)
     count = prompts[0].shape[0]
     x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
     x = visual.ln_pre(x)
@@ -190,13 +198,7 @@ def encode_image_vpt(model: nn.Module, images: torch.Tensor, prompts: list[torch
     `BackboneError` for towers that pool otherwise.
     """
     visual = model.visual
-    vision_width(model)  # checks the tower
-    x = visual.conv1(images)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-    x = x + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)  # keeps the class token first
-    x = visual.ln_pre(x)
+    x = visual.ln_pre(_embed_patches(model, images))
     count = prompts[0].shape[-2]
     x = torch.cat([x[:, :1], prompts[0].to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
     for i, block in enumerate(visual.transformer.resblocks):

@@ -13,17 +13,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import image_layernorms
 from ..errors import ClipFitError
 from ..text_encoding import fp32, normalize_fp32
-from .base import HeadConfig, HeadedMethod, Method, MethodConfig, register_method, register_variant, select_parameters
+from .base import HeadConfig, HeadedMethod, Method, MethodConfig, register_method, register_variant, train_image_layernorms
 from .prompts import CoOp
 
 AUGMENTATIONS = ("cached-views", "fresh")
@@ -229,14 +227,7 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
         hidden = max(dim // self.config.reduction, 1)
         self.adapter = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.ReLU())
         self.add_head(dim)
-        self.image_norms = {}
-        if self.config.layernorm:
-            self.image_norms = select_parameters(
-                self.clip, [(norm, attr) for norm in image_layernorms(self.clip) for attr in ("weight", "bias")])
-            if not self.image_norms:
-                raise ClipFitError(f"method {self.name}: the image tower has no LayerNorm (a ResNet) to train")
-            for p in self.image_norms.values():
-                p.requires_grad_(True)
+        self.image_norms = train_image_layernorms(self) if self.config.layernorm else {}
 
     @classmethod
     def protocol_defaults(cls, protocol, dataset, shots=16):

@@ -359,6 +359,20 @@ def feature_distance(features: torch.Tensor, targets: torch.Tensor) -> torch.Ten
         return 0.5 * (normalize_fp32(features) - normalize_fp32(targets)).pow(2).sum(dim=-1).mean()
 
 
+def train_image_layernorms(method: Method) -> dict[str, nn.Parameter]:
+    """Every image-tower LayerNorm's weight and bias, by state-dict key, switched to trainable (CLIPFit's
+    Table 4 "+ updating LayerNorm" for other methods); `ClipFitError` for a tower without LayerNorms (a
+    ResNet)."""
+    from ..backbone import image_layernorms
+
+    norms = select_parameters(method.clip, [(norm, attr) for norm in image_layernorms(method.clip) for attr in ("weight", "bias")])
+    if not norms:
+        raise ClipFitError(f"method {method.name}: the image tower has no LayerNorm (a ResNet) to train")
+    for p in norms.values():
+        p.requires_grad_(True)
+    return norms
+
+
 def select_parameters(model: nn.Module, modules_and_attrs: list[tuple[nn.Module, str]]) -> dict[str, nn.Parameter]:
     """Name the chosen (module, attribute) parameters by their key in `model`'s state dict."""
     wanted = {id(getattr(module, attr)) for module, attr in modules_and_attrs if getattr(module, attr) is not None}

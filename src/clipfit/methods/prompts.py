@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import image_layernorms, text_tower
+from ..backbone import text_tower
 from ..errors import ClipFitError
 from ..text_encoding import PromptContext, encode_prompts, fp32
-from .base import Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared, select_parameters
+from .base import (Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared,
+                   train_image_layernorms)
 
 # CoOp's few-shot schedule by shots (COOP.md, scripts/coop/main.sh: *_ep50, *_ep100, plain = 200 epochs);
 # ImageNet trains 50 epochs at every shot count.
@@ -142,14 +143,7 @@ class CoOp(Method):
 
     def add_modules(self):
         self.prompt_learner = PromptLearner(self.backbone, self.config.n_ctx, self.ctx_init())
-        self.image_norms = {}
-        if self.config.layernorm:
-            self.image_norms = select_parameters(
-                self.clip, [(norm, attr) for norm in image_layernorms(self.clip) for attr in ("weight", "bias")])
-            if not self.image_norms:
-                raise ClipFitError(f"method {self.name}: the image tower has no LayerNorm (a ResNet) to train")
-            for p in self.image_norms.values():
-                p.requires_grad_(True)
+        self.image_norms = train_image_layernorms(self) if self.config.layernorm else {}
 
     @classmethod
     def protocol_defaults(cls, protocol, dataset, shots=16):
