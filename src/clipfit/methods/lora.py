@@ -26,10 +26,11 @@ CLIP-LoRA on the same backbone re-points them to the new method's factors. `merg
 gives the backbone's state dict with scale * B A added into the weights (peft's `merge_and_unload`), which
 plain open_clip loads as the tuned model.
 
-Classification: logits = 100 * cos(image, class prompt), a fixed scale (the official code's; equal to
-OpenAI CLIP's own learned logit scale, and not the backbone's, which a random-init or other CLIP may have
-set otherwise). A merged model loaded into plain open_clip uses its own `logit_scale` (100 for OpenAI's
-weights); the export code accounts for that. Cross-entropy only.
+Classification: logits = logit_scale * cos(image, class prompt) with the backbone's own learned scale,
+cross-entropy only. The official code writes a fixed 100, which is OpenAI CLIP's learned value (exp of its
+`logit_scale`, 4.6052): identical on OpenAI's weights; on a CLIP trained to another temperature (the mini
+CLIP's is 27) a fixed 100 would train it at a temperature it never had, so we keep the CLIP's own. A
+merged model loaded into plain open_clip therefore classifies exactly as the tuned one.
 
 Differences from the official code:
 - Prompts come from the run's template (the dataset's); the official code trains and tests with
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +54,11 @@ from torch import nn
 
 from ..backbone import text_tower
 from ..errors import ClipFitError
-from ..text_encoding import fp32
 from .base import Method, MethodConfig, register_method
 
 MATRICES = "qkvo"  # query, key, value (rows of the packed input projection), output projection
 ENCODERS = ("both", "text", "vision")
 TOWERS = ("image", "text")
-# The official code's fixed logit scale: 100 * cosine (OpenAI CLIP's learned value).
-LOGIT_SCALE = 100.0
 # The official budget: 500 x shots iterations of batch 32 (MaxZanella/CLIP-LoRA#10); with all images
 # (shots 0) the 16-shot budget.
 ITERATIONS_PER_SHOT = 500
@@ -250,7 +247,6 @@ class CLIPLoRA(Method):
     name = "clip-lora"
     description = "CLIP-LoRA (Zanella and Ben Ayed, 2024): rank-2 LoRA on q/k/v of every attention block, both towers"
     config_class = CLIPLoRAConfig
-    logit_scale: ClassVar[float] = LOGIT_SCALE
 
     def add_modules(self):
         config = self.config
@@ -292,23 +288,14 @@ class CLIPLoRA(Method):
     def image_tower_trains(self):
         return "image" in self.lora
 
-    def logits_from_features(self, image_features, classifier):
-        """fp32 logits: 100 * cos(image, class prompt) (the official fixed scale), whatever the backbone's."""
-        with fp32(image_features.device):
-            return LOGIT_SCALE * image_features.float() @ classifier.float().t()
-
     def export_state(self):
-        # The merged CLIP, with its logit scale set to the fixed 100 this method classifies with, so that
-        # plain open_clip's logits are the tuned model's.
-        state = self.merged_backbone_state()
-        state["logit_scale"] = torch.full_like(state["logit_scale"], math.log(LOGIT_SCALE))
-        return "open_clip", state, {}, {}
+        return "open_clip", self.merged_backbone_state(), {}, {}  # the merged CLIP (peft's merge_and_unload)
 
     def merged_backbone_state(self) -> dict[str, torch.Tensor]:
         """A copy of the backbone's state dict with scale * B A added into the chosen rows of each
         `attn.in_proj_weight` (q, k, v: rows 0..W-1, W..2W-1, 2W..3W-1) and into `attn.out_proj.weight`
         ("o"), in each tensor's dtype: what plain `open_clip.create_model(arch)` + `load_state_dict` turns
-        into the tuned model (its logits then use its own `logit_scale`, not the fixed 100)."""
+        into the tuned model."""
         state = {key: t.detach().clone() for key, t in self.clip.state_dict().items()}
         for tower, blocks in self.lora.items():
             for i, factors in enumerate(blocks):
