@@ -110,3 +110,14 @@ def test_a_file_that_is_not_an_export_is_refused_naming_it(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path))
     with pytest.raises(ClipFitError, match="other.safetensors: not a clipfit export"):
         ExportedModel(path)
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG not a tensor file")
+    with pytest.raises(ClipFitError, match="photo.png: not a readable safetensors file"):
+        ExportedModel(tmp_path / "photo.png")
+    with pytest.raises(ClipFitError, match="no such file"):
+        ExportedModel(tmp_path)
+
+
+def test_export_to_a_folder_is_refused_before_anything_is_written(runs, tmp_path):
+    with pytest.raises(ClipFitError, match="is a folder; give the file to write"):
+        api.export(runs["clipfit"], tmp_path)
+    assert list(tmp_path.iterdir()) == []

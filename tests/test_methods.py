@@ -457,6 +457,36 @@ def test_options_that_cannot_work_are_refused_naming_the_option(tmp_path):
     assert any("--beta does not apply to method 'kgcoop'" in e and "w" in e for e in errors)
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("clip-adapter", {"reduction": 1000}, "reduction=1000 leaves no bottleneck of the 32-d feature"),
+    ("clip-adapter", {"augmentation": "fresh", "views": 3}, "views=3 applies to augmentation=cached-views only"),
+    ("tip-adapter", {"alpha_max": 0.0}, "alpha_max must be above 0.1"),
+    ("tip-adapter", {"augmentation": "fresh"}, "has no option.s. augmentation"),
+    ("vpt-shallow", {"deep": True}, "is VPT-deep: use --method vpt-deep"),
+])
+def test_options_the_adapter_methods_cannot_use_are_refused(name, options, message):
+    with pytest.raises(ClipFitError, match=message):
+        build(name, **options)
+
+
+@pytest.mark.parametrize("optim, method, message", [
+    ({"epochs": 3, "iterations": 5}, "tip-adapter-f", "give epochs .3. or iterations .5., not both"),
+    ({"iterations": 5}, "coop", "method 'coop' steps its schedule once per epoch"),
+])
+def test_a_training_length_the_schedule_cannot_take_is_refused(optim, method, message, eurosat_root):
+    config = RunConfig(method=method, model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
+                       optim=OptimConfig(**optim))
+    with pytest.raises(ClipFitError, match=message):
+        resolve(config)
+
+
+def test_a_base_to_new_refusal_names_the_head_that_would_work(eurosat_root):
+    config = RunConfig(method="vpt-shallow", model=TINY_MODEL, pretrained="none", dataset="eurosat",
+                       data_root=str(eurosat_root), protocol="base2new")
+    with pytest.raises(ClipFitError, match="use --protocol few-shot or --type vision-language"):
+        resolve(config)
+
+
 def test_load_adapter_takes_a_seed_folder_or_its_file(trained, tmp_path):
     method, *_ = trained
     save_tiny_adapter(method, tmp_path / "adapter.safetensors")

@@ -89,3 +89,14 @@ def test_table_runs_each_setting_once_and_reuses_finished_runs(tmp_path):
     assert mini_world_table(table, progress=False) == rows
     assert [m.stat().st_mtime_ns for m in metrics] == stamps
     assert mini_world_table(dataclasses.replace(table, run_missing=False), progress=False) == rows
+
+
+def test_a_readme_without_the_markers_is_refused_before_any_run(tmp_path, capsys):
+    from clipfit.cli import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- mini-world-table:start -->\n<!-- mini-world-table:end -->\n")
+    with pytest.raises(SystemExit):
+        main(["table", "mini-world", "--readme", str(readme), "--out", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")])
+    assert "no <!-- mini-world-leaderboard:start -->" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

@@ -55,7 +55,11 @@ def count_parameters(method: str, model: str, protocol: str = "base2new") -> dic
                         model_name=model, pretrained="none")
     options = cls.protocol_defaults(protocol, "imagefolder")
     instance = build_method(method, backbone, ["class"], "{}", options)
-    return {"groups": instance.parameter_groups(), "notes": instance.notes}
+    notes = list(instance.notes)
+    if not cls.classifies_unseen(options):
+        notes.append("its classifier holds the training classes (a head or cache sized by them): counted here for one "
+                     "class; no base-to-new")
+    return {"groups": instance.parameter_groups(), "notes": notes}
 
 
 def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: str | None = None, split: str | None = None,

@@ -17,8 +17,11 @@ from .errors import ClipFitError
 
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
-    if not sep:
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
         raise argparse.ArgumentTypeError(f"method option {text!r} is not key=value")
+    if value.lower() in ("true", "false"):  # Python's True / False as well as JSON's
+        return key, value.lower() == "true"
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -137,6 +140,9 @@ def _config_from_args(args):
     for flag, value in (("beta", args.beta if method.trains else None), ("type", args.type)):
         if value is None:
             continue
+        if flag == "beta" and "beta" in fields and "regularizer" not in fields:
+            raise ClipFitError(f"--beta is the weight of CLIPFit's regulariser; method {method.name!r} has no regulariser "
+                               f"(its beta is another quantity: give it as --option beta=VALUE)")
         if flag not in fields:
             raise ClipFitError(f"--{flag} does not apply to method {method.name!r}, which has no {flag} option "
                                f"(its options, for --option key=value: {', '.join(fields) or 'none'})")
@@ -157,10 +163,16 @@ def cmd_train(args) -> None:
     from .report import print_summary
 
     config = _config_from_args(args)
-    if not get_method(config.method).trains:
+    cls = get_method(config.method)
+    if not cls.trains:
         ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) is not None]
         if ignored:
             print(f"clipfit: note: {config.method} does not train; ignoring {', '.join(ignored)}", file=sys.stderr)
+    elif cls.fits and not cls.optimises_after_fit:
+        ignored = [f"--{name}" for name in ("epochs", "iterations", "lr") if getattr(args, name) is not None]
+        if ignored:
+            print(f"clipfit: note: {config.method} is fitted in one pass, without an optimiser; ignoring "
+                  f"{', '.join(ignored)}", file=sys.stderr)
     summary = api.run(config, progress=not args.no_progress, overwrite=args.overwrite)
     print_summary(summary)
     print(f"results: {Path(summary['out']) / 'summary.json'}")
@@ -262,13 +274,16 @@ def cmd_demo(args) -> None:
 
 def cmd_table_mini_world(args) -> None:
     from .methods import get_method
-    from .tables import LEADERBOARD, MiniWorldTableConfig, leaderboard_markdown, mini_world_table, to_markdown, trained_methods, update_readme
+    from .tables import (LEADERBOARD, MiniWorldTableConfig, check_markers, leaderboard_markdown, mini_world_table, to_markdown,
+                         trained_methods, update_readme)
 
     methods = trained_methods() if args.methods == ["all"] else args.methods
     for name in methods:
         get_method(name)  # an unknown name fails before any run
     if "clipfit" not in methods:
         methods = [*methods, "clipfit"]  # the per-task table shows it
+    if args.readme:
+        check_markers(args.readme, ["mini-world-table", LEADERBOARD])  # before hours of runs, not after
     table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
                                  data_root=args.data_root or str(default_data_root()), out=args.out,
                                  run_missing=not args.finished_only)

@@ -206,6 +206,9 @@ def validate(config: RunConfig) -> None:
         value = getattr(optim, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise bad(name.replace("_", "-"), value, "a whole number >= 1")
+    if optim.epochs is not None and optim.iterations is not None:
+        raise ClipFitError(f"give epochs ({optim.epochs}) or iterations ({optim.iterations}), not both: each sets how long "
+                           "training runs")
     if optim.iterations is not None and (isinstance(optim.iterations, bool) or not isinstance(optim.iterations, int) or optim.iterations < 1):
         raise bad("iterations", optim.iterations, "a whole number >= 1")
     if optim.warmup_epochs is not None and (isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int)

@@ -23,6 +23,7 @@ prompts. The forms (`Method.export_state` says which a method gets):
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -44,6 +45,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
 
     from .runner import load_run
 
+    if Path(out).is_dir():
+        raise ClipFitError(f"--out {out}: is a folder; give the file to write, e.g. {Path(out) / 'model.safetensors'}")
     config, method = load_run(run_dir, device="cpu")
     form, state, extra, info = method.export_state()
     if form not in FORMS:
@@ -84,11 +87,13 @@ class ExportedModel:
         from safetensors.torch import load_file
 
         path = Path(path)
+        if not path.is_file():
+            raise ClipFitError(f"{path}: no such file (give a file written by clipfit export)")
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             state = load_file(str(path), device=device)
-        except (OSError, ValueError, RuntimeError) as err:
+        except Exception as err:  # safetensors raises its own SafetensorError for a damaged header
             raise ClipFitError(f"{path}: not a readable safetensors file ({err})") from None
         if meta.get("format") != FORMAT:
             raise ClipFitError(f"{path}: not a clipfit export (format {meta.get('format')!r}, expected {FORMAT!r})")
@@ -142,5 +147,12 @@ def _create(arch: str, config: dict):
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / f"{arch}.json").write_text(json.dumps(config))
             open_clip.add_model_config(folder)
-    model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    # open_clip warns that no pretrained weights were loaded: the file's state dict is loaded next.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    finally:
+        logger.setLevel(level)
     return model, preprocess

@@ -108,10 +108,13 @@ def resolve(config: RunConfig) -> RunConfig:
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
     if config.protocol == "base2new" and not method_cls.classifies_unseen(options):
+        fix = " or --type vision-language" if "type" in {f.name for f in dataclasses.fields(method_cls.config_class)} else ""
         raise ClipFitError(f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
-                           "not train on (its classifier is not built from class names), so it has no base-to-new "
-                           "result: use --protocol few-shot")
+                           "not train on (its classifier holds the training classes only), so it has no base-to-new "
+                           f"result: use --protocol few-shot{fix}")
     optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
+    if optim.iterations is not None and optim.schedule == "cosine-epochs":
+        raise ClipFitError(f"--iterations: method {config.method!r} steps its schedule once per epoch (Dassl's); give --epochs")
     # Paths are written absolute, so that a run folder read from another working folder finds its data.
     resolved = dataclasses.replace(
         config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
@@ -376,7 +379,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         atomic_write_text(folder / "config.json", config_json)
         log = RunLog(folder / "log.txt", echo=False)
         log(f"config {config_json}")
-        log(f"recipe {RECIPE_VERSION}: {RECIPES[RECIPE_VERSION]}")
+        log(f"recipe {RECIPE_VERSION} (data, loaders and frozen backbone; each method's optimiser is in the config above)")
         if config.image_cache == "resized-approximate":
             log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
                 "model's input size, not from the full-resolution files as the reference transform does")
@@ -394,6 +397,8 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         except ClipFitError as err:
             log(f"error {err}")
             raise
+        if method.fits:  # a fitted head or cache is sized by the training set only now
+            log(f"trainable parameters after fitting {sum(method.parameter_groups().values())} {method.parameter_groups()}")
         info = AdapterInfo(
             model=config.model, pretrained=config.pretrained, method=config.method,
             method_options=config.method_options, classnames=train_splits.classnames, template=config.template,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import defaults
 from .config import RunConfig
+from .errors import ClipFitError
 from .engine import OptimConfig
 from .files import atomic_write_text
 from .methods import METHODS, get_method
@@ -105,7 +106,7 @@ def mini_world_table(table: MiniWorldTableConfig, progress: bool = True) -> list
         rows[task] = {"task": task, "classes": len(WORLD_TASKS[task].classnames), "zeroshot_all": zero_all["mean"]["accuracy"],
                       "zeroshot": {k: zero_b2n["mean"][k] for k in METRICS}, "methods": {}, "fewshot": {}}
     trained = [(task, row) for task, row in rows.items() if "test_domain_of" not in row]
-    for method in table.methods:
+    for method in [m for m in table.methods if get_method(m).trains]:  # zero-shot is every table's baseline row
         base2new = get_method(method).classifies_unseen({})
         for task, row in trained:
             summary = execute(_setting(table, task, method, "base2new", table.seeds), progress=progress, echo=False) if base2new else None
@@ -189,7 +190,7 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
         return None if any(c is None for c in cells) else sum(c["mean"][key] for c in cells) / len(cells)
 
     ranked = []
-    for m in table.methods:
+    for m in [m for m in table.methods if get_method(m).trains]:
         fewshot = [mean_of([r["fewshot"].get(m, {}).get(k) for r in full], "accuracy") for k in shots]
         cells = [r["methods"].get(m) for r in full]
         b2n = None if any(c is None for c in cells) else _task_mean([c["mean"] for c in cells])
@@ -204,6 +205,17 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
                        f"| {m} | {few_text} | {b2n_text} | {seconds} |"))
     lines += [line for _, line in sorted(ranked, key=lambda item: item[0])]
     return "\n".join(lines)
+
+
+def check_markers(readme: Path, names: list[str]) -> None:
+    """`ClipFitError` naming the file when it lacks the markers of any of ``names`` (before the runs)."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ClipFitError(f"--readme {readme}: cannot be read ({err.strerror})") from None
+    missing = [n for n in names if f"<!-- {n}:start -->" not in text or f"<!-- {n}:end -->" not in text]
+    if missing:
+        raise ClipFitError(f"{readme}: no <!-- {missing[0]}:start --> ... <!-- {missing[0]}:end --> markers to put the table between")
 
 
 def update_readme(readme: Path, markdown: str, name: str = "mini-world-table") -> None:

@@ -29,11 +29,14 @@ AUGMENTATIONS = ("cached-views", "fresh")
 VIEWS = 10
 
 
-def check_views(augmentation: str, views: int) -> None:
-    if augmentation not in AUGMENTATIONS:
+def check_views(augmentation: str | None, views: int) -> None:
+    """The feature-cache options; ``augmentation`` None for a method whose cache is always the views."""
+    if augmentation is not None and augmentation not in AUGMENTATIONS:
         raise ClipFitError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ClipFitError(f"views must be a whole number >= 1, got {views!r}")
+    if augmentation == "fresh" and views != VIEWS:
+        raise ClipFitError(f"views={views} applies to augmentation=cached-views only (fresh augmentations store no views)")
 
 
 class FrozenFeatureMixin:
@@ -224,7 +227,10 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
 
     def add_modules(self):
         dim = self.clip.visual.output_dim
-        hidden = max(dim // self.config.reduction, 1)
+        if self.config.reduction > dim:
+            raise ClipFitError(f"option reduction={self.config.reduction} leaves no bottleneck of the {dim}-d feature "
+                               f"(width = {dim} / reduction); use at most {dim}")
+        hidden = dim // self.config.reduction
         self.adapter = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.ReLU())
         self.add_head(dim)
         self.image_norms = train_image_layernorms(self) if self.config.layernorm else {}
@@ -293,16 +299,24 @@ class TipAdapterConfig(MethodConfig):
     beta_max: float | None = None  # the search's ranges; None: the dataset's search_scale
     alpha_max: float | None = None
     search: bool = True  # search alpha and beta on the validation split
-    augmentation: str = "cached-views"  # Tip-Adapter-F's training; the cache itself is always 10 views averaged
-    views: int = VIEWS
+    views: int = VIEWS  # the cache: each key the average of this many augmented views
 
     def check(self):
-        check_views(self.augmentation, self.views)
+        check_views(getattr(self, "augmentation", None), self.views)
         for name in ("alpha", "beta", "beta_max", "alpha_max"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                           and math.isfinite(value) and value >= 0):
                 raise ClipFitError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("beta_max", "alpha_max"):  # the grid runs from 0.1 up to its maximum
+            value = getattr(self, name)
+            if value is not None and value <= 0.1:
+                raise ClipFitError(f"{name} must be above 0.1, where the search grid starts; got {value!r}")
+
+
+@dataclass
+class TipAdapterFConfig(TipAdapterConfig):
+    augmentation: str = "cached-views"  # how the keys' fine-tuning reads images
 
 
 @register_method
@@ -427,6 +441,7 @@ class TipAdapterF(TipAdapter):
 
     name = "tip-adapter-f"
     description = "Tip-Adapter-F (Zhang et al., ECCV 2022): the cache's keys fine-tuned, alpha/beta searched on validation"
+    config_class = TipAdapterFConfig
     optimises_after_fit = True
 
     def add_modules(self):

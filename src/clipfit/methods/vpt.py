@@ -91,9 +91,9 @@ class VPTConfig(HeadConfig):
         super().check()
         if self.num_tokens is not None and not (isinstance(self.num_tokens, int) and not isinstance(self.num_tokens, bool)
                                                 and self.num_tokens >= 1):
-            raise ClipFitError(f"method vpt: num_tokens must be an integer >= 1, got {self.num_tokens!r}")
+            raise ClipFitError(f"option num_tokens must be an integer >= 1, got {self.num_tokens!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ClipFitError(f"method vpt: dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ClipFitError(f"option dropout must be a number in [0, 1), got {self.dropout!r}")
 
 
 @register_method
@@ -106,6 +106,8 @@ class VPT(HeadedMethod):
     classifies_unseen_classes = False
 
     def add_modules(self):
+        if self.config.deep and "deep" not in self.preset:  # the registered name says which VPT ran
+            raise ClipFitError("method 'vpt-shallow' with deep=true is VPT-deep: use --method vpt-deep")
         width = vision_width(self.clip)  # BackboneError for a ResNet image tower
         visual = self.clip.visual
         blocks = len(visual.transformer.resblocks) if self.config.deep else 1
