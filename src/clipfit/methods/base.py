@@ -55,8 +55,9 @@ class Method(nn.Module):
     preset: ClassVar[dict] = {}
     # Methods that do not train (zero-shot) skip the training loop entirely (and draw no few-shot set).
     trains: ClassVar[bool] = True
-    # Training-free methods (a feature cache, a closed-form probe): `fit` sees the training set once,
-    # without gradients, instead of the optimisation loop; the run folder and adapter file are the same.
+    # Methods fitted in one pass (a feature cache, a closed-form probe): `fit` sees the training set's
+    # stored features once, without gradients, instead of the optimisation loop (or before it, with
+    # `optimises_after_fit`); the run folder and adapter file are the same.
     fits: ClassVar[bool] = False
     # A method that fits first and then also optimises (Tip-Adapter-F: the cache, then its keys trained).
     optimises_after_fit: ClassVar[bool] = False
