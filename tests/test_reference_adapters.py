@@ -49,7 +49,7 @@ import clipfit.methods.adapters as adapters_module
 from clipfit.backbone import load_backbone
 from clipfit.methods import build_method
 
-from reference_clip import random_openai_state_dict
+from reference_clip import random_openai_state_dict, reference_step
 
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "adapters_reference_vitb32.json").read_text())
@@ -158,16 +158,7 @@ def tip_f():
     stored = stored_outputs()
     method = build("tip-adapter-f", TIP_OPTIONS)
     method.fit(view_features(method), stored["train_labels"].long(), None)
-    method.prepare_training()
-    method.train()
-    with torch.no_grad():
-        features = method.encode_images(batch)
-    loss, parts = method.feature_loss(features, stored["batch_labels"].long())
-    method.cache_keys.grad = None
-    method.backward(loss, lambda x: x)
-    with torch.no_grad():
-        logits = method.logits_from_features(features, method.classifier())
-    return method, loss, parts, logits
+    return method, *reference_step(method, batch, stored["batch_labels"].long(), on_features=True)
 
 
 def test_tip_adapter_f_logits_and_ce_equal_the_official_ones():
@@ -197,15 +188,7 @@ def clip_adapter():
     assert sorted(params) == ["method.adapter.0.weight", "method.adapter.2.weight"]
     with torch.no_grad():
         method.adapter[0].weight.copy_(w1), method.adapter[2].weight.copy_(w2)
-    method.prepare_training()
-    method.train()
-    loss, parts = method.training_loss(batch, stored["batch_labels"].long())
-    for p in params.values():
-        p.grad = None
-    method.backward(loss, lambda x: x)
-    with torch.no_grad():
-        logits = method.logits(batch, method.classifier())
-    return method, loss, parts, logits
+    return method, *reference_step(method, batch, stored["batch_labels"].long())
 
 
 def test_clip_adapter_logits_and_ce_equal_the_official_ones():

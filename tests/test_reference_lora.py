@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from clipfit.backbone import load_backbone
 from clipfit.methods import build_method
 
-from reference_clip import random_openai_state_dict
+from reference_clip import random_openai_state_dict, reference_step
 
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "lora_reference_vitb32.json").read_text())
@@ -64,18 +64,10 @@ def run():
     with torch.no_grad():
         for n, v in values.items():
             params[f"method.{n}"].copy_(v)
-    method.prepare_training()
-    method.train()
     torch.manual_seed(1)
     images = torch.randn(8, 3, 224, 224)
     assert images.double().sum().item() == pytest.approx(META["batch"]["images_sum"], rel=1e-12)
-    loss, parts = method.training_loss(images, stored["labels"].long())
-    for p in params.values():
-        p.grad = None
-    method.backward(loss, lambda x: x)
-    with torch.no_grad():
-        logits = method.logits(images, method.classifier())
-    return method, loss, parts, logits
+    return method, *reference_step(method, images, stored["labels"].long())
 
 
 def assert_close_rel(ours: torch.Tensor, theirs: torch.Tensor, rel: float, what: str):
