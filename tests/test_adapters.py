@@ -182,3 +182,12 @@ def test_clip_adapter_ln_cannot_cache_features():
         build("clip-adapter", layernorm=True)
     method = build("clip-adapter+ln")
     assert method.feature_views is None and method.image_tower_trains
+
+
+@pytest.mark.parametrize("name, options", [("linear-probe", {}), ("tip-adapter", {}), ("clip-adapter", {"type": "vision"})])
+def test_a_classifier_of_the_training_classes_refuses_other_classes(name, options):
+    method = build(name, **options)
+    method.set_classes(list(CLASSNAMES[:4]))  # its own classes: fine
+    with pytest.raises(Exception, match=f"method '{name}'.* classifies only the 4 classes it was trained on"):
+        method.set_classes(list(CLASSNAMES[2:6]))
+    build("clip-adapter").set_classes(list(CLASSNAMES[2:6]))  # the class prompts name any class

@@ -74,8 +74,7 @@ def feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: in
     n = labels.shape[0]
     order = torch.randperm(n, generator=generator).to(labels.device)
     view = torch.randint(features.shape[0], (n,), generator=generator).to(labels.device)
-    steps = n // batch_size if n >= batch_size else 1
-    for step in range(steps):
+    for step in range(steps_per_epoch(n, batch_size)):
         index = order[step * batch_size:(step + 1) * batch_size]
         yield features[view[index], index], labels[index]
 

@@ -12,7 +12,6 @@ per-seed or per-task HMs. Finished runs are reused, so an interrupted table resu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from .engine import OptimConfig
 from .files import atomic_write_text
 from .methods import METHODS, get_method
 from .protocols import harmonic_mean
-from .runner import resolve, run, setting, upgraded_setting
+from .runner import _read_json_object, resolve, run, setting, upgraded_setting
 from .world.tasks import WORLD_TASKS
 
 README_START = "<!-- mini-world-table:start -->"
@@ -72,7 +71,7 @@ def finished_summary(config: RunConfig) -> dict | None:
     path = Path(config.out) / "summary.json"
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary = _read_json_object(path, "move it away or use --overwrite")
     if upgraded_setting(summary.get("setting", {})) != setting(config) or sorted(summary.get("seeds", [])) != sorted(config.seeds):
         return None
     return summary

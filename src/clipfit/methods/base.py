@@ -114,7 +114,13 @@ class Method(nn.Module):
         return self
 
     def set_classes(self, classnames: list[str]) -> None:
-        """Point the classifier at a class list (the training classes, or new ones for evaluation)."""
+        """Point the classifier at a class list (the training classes, or new ones for evaluation);
+        `ClipFitError` for other classes when the classifier holds the training classes only (a head, a cache)."""
+        if ("prompt_tokens" in self._buffers and list(classnames) != self.classnames
+                and not self.classifies_unseen(dataclasses.asdict(self.config))):
+            head = " with type=vision" if getattr(self.config, "type", None) == "vision" else ""
+            raise ClipFitError(f"method {self.name!r}{head} classifies only the {len(self.classnames)} classes it was trained "
+                               "on (its classifier holds them)" + ("; use type=vision-language to classify other classes" if head else ""))
         check_template(self.template)
         self.classnames = list(classnames)
         self.prompts = self.class_prompts(self.classnames)
@@ -310,7 +316,7 @@ class HeadedMethod(Method):
 
     `encode_images` here returns the method's image features before normalisation, fp32 [batch, dim]
     (what a linear head reads, as the study's `head(image_features)`); the vision-language classifier
-    normalises them. With a head, `set_classes` accepts only the class list it was trained on."""
+    normalises them. With a head, `Method.set_classes` accepts only the class list it was trained on."""
 
     config_class = HeadConfig
 
@@ -327,12 +333,6 @@ class HeadedMethod(Method):
         `nn.Linear(output_dim, num_classes)`); call from `add_modules`."""
         if self.has_head:
             self.head = nn.Linear(dim, len(self.classnames))
-
-    def set_classes(self, classnames: list[str]) -> None:
-        if self.has_head and hasattr(self, "head") and list(classnames) != self.classnames:
-            raise ClipFitError(f"method {self.name!r} with type=vision classifies only the {len(self.classnames)} classes "
-                               "its linear head was trained on; use type=vision-language to classify other classes")
-        super().set_classes(classnames)
 
     def classifier(self) -> torch.Tensor | None:
         return None if self.has_head else self.class_features()
