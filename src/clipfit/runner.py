@@ -68,13 +68,15 @@ def setting(config: RunConfig) -> dict:
 
 
 def upgraded_setting(old: dict) -> dict:
-    """A setting recorded before an optimiser field existed, with that field's value then: Dassl's (every
-    run before trained with SGD and the per-epoch cosine), so that its finished runs are still reused."""
+    """A setting recorded before an optimiser field existed (absent from its JSON, or None once read into
+    a config) with that field's value then: Dassl's (every run before trained with SGD and the per-epoch
+    cosine), so that its finished runs are still reused. A resolved setting holds no None there."""
     optim = old.get("optim")
     if not isinstance(optim, dict):
         return old
-    missing = {f.name for f in dataclasses.fields(OptimConfig)} - set(optim)
-    return {**old, "optim": {**optim, **{k: DASSL.get(k) for k in missing}}}
+    filled = {f.name: optim.get(f.name) for f in dataclasses.fields(OptimConfig)}
+    filled.update({k: v for k, v in DASSL.items() if filled[k] is None})
+    return {**old, "optim": {**optim, **filled}}
 
 
 def _sha256(data: bytes) -> str:
@@ -209,8 +211,6 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
     fix = "move it away or use --overwrite"
     metrics = _read_json_object(metrics_file, fix)
     previous = RunConfig.from_dict(_read_json_object(config_file, fix), str(config_file))
-    # A config written before an optimiser field existed ran with Dassl's value of it (SGD, per-epoch cosine).
-    previous = dataclasses.replace(previous, optim=complete(previous.optim))
     seed = config.seeds[0]
     if previous.seeds != [seed] or metrics.get("seed") != seed:
         raise ClipFitError(f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
@@ -218,7 +218,7 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
     recipe = metrics.get("recipe", 1)
     # How images were cached belongs to the recipe of an older run, not to the setting the user chose.
     old = {"image_cache": config.image_cache} if recipe != RECIPE_VERSION else {}
-    diff = _differs({**setting(previous), **old}, setting(config))
+    diff = _differs({**upgraded_setting(setting(previous)), **old}, setting(config))
     if diff:
         raise ClipFitError(
             f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
