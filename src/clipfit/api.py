@@ -93,10 +93,14 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, de
         classifier = method.classifier()
         for path in images:
             tensor = test_tf(data.open_image(path)).unsqueeze(0).to(method.backbone.device)
-            probs = method.logits(tensor, classifier).softmax(dim=-1)[0]
-            top = probs.topk(min(top_k, len(method.classnames)))
-            results.append({"image": str(path), "top": [(method.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+            results.append(_top(path, method.logits(tensor, classifier), method.classnames, top_k))
     return results
+
+
+def _top(image: str | Path, logits: torch.Tensor, classnames: list[str], k: int) -> dict:
+    """The k most probable classes of one image's logits [1, classes], with their probabilities."""
+    top = logits.softmax(dim=-1)[0].topk(min(k, len(classnames)))
+    return {"image": str(image), "top": [(classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]}
 
 
 def export(run_dir: str | Path, out: str | Path) -> dict[str, str]:
@@ -113,12 +117,8 @@ def predict_exported(path: str | Path, images: list[str | Path], *, top_k: int =
     from .export import ExportedModel
 
     model = ExportedModel(path, device=check_device(device))
-    results = []
-    for image in images:
-        probs = model.logits(model.preprocess(data.open_image(image)).unsqueeze(0)).softmax(dim=-1)[0]
-        top = probs.topk(min(top_k, len(model.classnames)))
-        results.append({"image": str(image), "top": [(model.classnames[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
-    return results
+    return [_top(image, model.logits(model.preprocess(data.open_image(image)).unsqueeze(0)), model.classnames, top_k)
+            for image in images]
 
 
 def check_dataset(name: str, root: str | Path, decode: bool | None = None):
