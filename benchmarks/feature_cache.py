@@ -53,23 +53,28 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, help="write the table between this README's feature-cache markers")
     args = parser.parse_args()
     rows = [measure(m, mode, args.task, args.shots, s) for m in args.methods for s in args.seeds for mode in MODES]
-    result = {"command": "python benchmarks/feature_cache.py " + " ".join(os.sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows}
+    result = {"command": "python benchmarks/feature_cache.py " + " ".join(os.sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cpus": os.cpu_count(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lines = ["| method | seed | fresh: s / run | cached views: s / run | speed-up | fresh accuracy | cached accuracy |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for m in args.methods:
         for s in args.seeds:
-            fresh, cached = (next(r for r in rows if (r["method"], r["seed"], r["mode"]) == (m, s, mode)) for mode in MODES)
+            fresh, cached = (
+                next(r for r in rows if (r["method"], r["seed"], r["mode"]) == (m, s, mode)) for mode in MODES
+            )
             lines.append(f"| {m} | {s} | {fresh['run_seconds']:.1f} | {cached['run_seconds']:.1f} | "
-                         f"{fresh['run_seconds'] / cached['run_seconds']:.1f}x | {fresh['accuracy']:.1f} | {cached['accuracy']:.1f} |")
-    lines.append(f"\n`{result['command'].strip()}` on {result['date']}, {result['cpus']} CPUs, {result['threads']} torch threads, "
-                 f"torch {result['torch']}; {args.task}, {args.shots} shots, the mini CLIP; s / run is training + evaluation.")
+                         f"{fresh['run_seconds'] / cached['run_seconds']:.1f}x | {fresh['accuracy']:.1f} | "
+                         f"{cached['accuracy']:.1f} |")
+    lines.append(f"\n`{result['command'].strip()}` on {result['date']}, {result['cpus']} CPUs, "
+                 f"{result['threads']} torch threads, torch {result['torch']}; {args.task}, {args.shots} shots, "
+                 "the mini CLIP; s / run is training + evaluation.")
     markdown = "\n".join(lines)
     print(markdown)
     if args.readme:
-        from clipfit.tables import update_readme
+        from clipfit.readme import update_readme
 
         update_readme(args.readme, markdown, "feature-cache")
 

@@ -9,15 +9,15 @@ Python subprocess (so that memory peaks do not mix), measured the way `clipfit.e
               as `clipfit.runner` merges them (`cls.protocol_defaults("base2new", "imagefolder")`, then the
               variant's `cls.preset`, then --options),
               `method.prepare_training()`, `method.train()`
-  encoding    for a method that reads stored frozen features (`method.feature_views` is not None and it
-              fits or `trains_on_stored_features`: linear-probe, tip-adapter, tip-adapter-f, clip-adapter
+  encoding    for a method that reads stored frozen features (its `Regime` fits or optimises on "features":
+              linear-probe, tip-adapter, tip-adapter-f, clip-adapter
               with its default augmentation "cached-views"): `method.encode_images(images)` under
               `torch.no_grad()`, the frozen tower's forward that `clipfit.features.encode_views` runs once
               per training image and view; the median of --steps batches after 1 warm-up, per image and
-              view. A run encodes `feature_views` views of each image (10 by default; linear-probe's 0 means
+              view. A run encodes the regime's `views` views of each image (10 by default; linear-probe's 0 means
               the un-augmented image once). The stored features [views, N, dim] handed on are these
               encodings (the same random batch in every view: the timings do not depend on the values)
-  fit         a training-free method (`method.fits` and not `optimises_after_fit`: linear-probe,
+  fit         a training-free method (a `Regime` that fits and does not optimise: linear-probe,
               tip-adapter), in eval mode under no_grad as the engine runs it: `method.fit(features, labels,
               val)`, val = the batch's own un-augmented features and labels (M = the batch: linear-probe's
               C search and Tip-Adapter's alpha/beta search run on them; encoding real validation images,
@@ -66,7 +66,7 @@ the CPU count (other processes then share the CPUs and inflate the wall times), 
 (`platform.processor()`, the CPU model, `os.cpu_count()`), torch's version and the children's
 `torch.get_num_threads()`. --readme PATH writes the markdown table, a line naming the exact command, the
 date, the device, torch's version and the thread count, and the notes, between PATH's
-`<!-- method-cost:start -->` and `<!-- method-cost:end -->` markers (`clipfit.tables.update_readme`;
+`<!-- method-cost:start -->` and `<!-- method-cost:end -->` markers (`clipfit.readme.update_readme`;
 an error when the markers are missing).
 
     python benchmarks/method_cost.py                          # ViT-B-16, batch 32, 100 classes, 3 steps, CPU
@@ -145,7 +145,8 @@ def _measure(job: Job) -> dict:
     import torch
 
     from clipfit.backbone import load_backbone
-    from clipfit.engine import OptimConfig, build_optimizer, complete
+    from clipfit.config import OptimConfig, complete
+    from clipfit.engine import build_optimizer
     from clipfit.methods import build_method
 
     for d in job.config_dirs:
@@ -182,7 +183,7 @@ def _measure(job: Job) -> dict:
     images = torch.randn(job.batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, job.classes, (job.batch,), generator=generator).to(device)
     out["image_size"] = size
-    out["trains"] = bool(method.trains)
+    out["trains"] = method.regime.trains
 
     # Memory after setup; then the peak is reset so that the training's own peak can be read apart.
     sync()
@@ -205,11 +206,11 @@ def _measure(job: Job) -> dict:
         peak = memory.max_rss_gb()  # whole-process peak: a setup peak above the training's hides it
         return peak, peak
 
-    fits = bool(method.trains and method.fits)
-    views = method.feature_views
-    stored = views is not None and bool(method.trains_on_stored_features)
-    optimises = bool(method.trains) and (not fits or bool(method.optimises_after_fit))
-    if not method.trains:
+    regime = method.regime
+    fits, views = regime.fit, regime.views
+    stored = regime.optimise == "features" or (fits and regime.optimise is None)
+    optimises = regime.optimise is not None
+    if not regime.trains:
         kind = "none"
     elif fits and not optimises:
         kind = "encode + fit"
@@ -222,7 +223,7 @@ def _measure(job: Job) -> dict:
     # The one-off encoding of the stored features (`clipfit.features.encode_views`: no_grad, once per image
     # and view), for every method that fits or trains on them.
     features = None
-    if method.trains and views is not None and (fits or stored):
+    if regime.trains and views is not None and (fits or stored):
         encoded = []
 
         def encode():
@@ -272,11 +273,11 @@ def _measure(job: Job) -> dict:
             def step():
                 x = inputs[view[0] % len(inputs)] if isinstance(inputs, list) else inputs
                 view[0] += 1
-                loss, _ = loss_of(x, labels)
+                loss = loss_of(x, labels)
                 method.backward(loss, lambda t: t)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())  # .item() waits for the GPU too
+                losses.append(loss.total.item())  # .item() waits for the GPU too
 
             return step
 
@@ -345,7 +346,7 @@ def run_isolated(job: Job) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(job)), str(result_path)]
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
         elapsed = time.perf_counter() - started
         load_after = os.getloadavg()[0]
         result = json.loads(result_path.read_text()) if result_path.is_file() else None
@@ -382,8 +383,8 @@ def _encoding(r: dict) -> str:
 
 def table(results: list[dict], device: str) -> str:
     memory_label = "peak allocated GB" if device.startswith("cuda") else "peak RSS GB"
-    head = (f"| method | trainable params | training ms/image | inference ms/image | {memory_label} (training) | training is | "
-            "encoding ms/image/view (views) | fresh-augmentation step ms/image |")
+    head = (f"| method | trainable params | training ms/image | inference ms/image | {memory_label} (training) | "
+            "training is | encoding ms/image/view (views) | fresh-augmentation step ms/image |")
     lines = [head, "|---|" + "---:|" * 4 + "---|---:|---:|"]
     for r in results:
         if "error" in r:
@@ -400,11 +401,13 @@ def table(results: list[dict], device: str) -> str:
 
 def _optimises(cls) -> bool:
     """Whether a method class runs optimisation steps (not zero-shot, not a training-free fit alone)."""
-    return bool(cls.trains) and (not cls.fits or bool(cls.optimises_after_fit))
+    from clipfit.methods import method_regime
+
+    return method_regime(cls.name).optimise is not None
 
 
 def notes(results: list[dict], args, methods_cls: dict) -> list[str]:
-    from clipfit.engine import OptimConfig, complete
+    from clipfit.config import OptimConfig, complete
 
     def official(m: str) -> str:
         optim = complete(OptimConfig(), methods_cls[m].optim_defaults(PROTOCOL, DATASET))
@@ -423,15 +426,20 @@ def notes(results: list[dict], args, methods_cls: dict) -> list[str]:
         f"{args.batch} (a real run's N*K is classes x shots); linear-probe's and tip-adapter's fitted head / cache "
         "are not trainable parameters",
         f"every method at batch {args.batch} so the rows compare (as CLIPFit's Table 7); official batches "
-        "(base-to-new) and optimisers: " + ", ".join(official(r["method"]) for r in results if _optimises(methods_cls[r["method"]])),
-        "CoCoOp's official batch is 1; its classifier() is None and its logits run the text tower per image over all classes",
+        "(base-to-new) and optimisers: "
+        + ", ".join(official(r["method"]) for r in results if _optimises(methods_cls[r["method"]])),
+        "CoCoOp's official batch is 1; its classifier() is None and its logits run the text tower per image over "
+        "all classes",
     ]
     return out
 
 
 def run_line(argv: list[str], env: dict, results: list[dict]) -> str:
     threads = next((r["threads"] for r in results if "threads" in r), "?")
-    where = f"GPU {env['gpu']}" if env.get("gpu") else f"CPU {env.get('cpu') or env.get('processor') or '?'} ({env.get('cpus')} CPUs)"
+    if env.get("gpu"):
+        where = f"GPU {env['gpu']}"
+    else:
+        where = f"CPU {env.get('cpu') or env.get('processor') or '?'} ({env.get('cpus')} CPUs)"
     # OMP_NUM_THREADS, where set, belongs to the command: it sets the children's default thread count.
     omp = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ else []
     command = " ".join(omp + [shlex.join(["python", "benchmarks/method_cost.py", *argv])])
@@ -448,30 +456,37 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipfit.methods import METHODS  # registration order
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model", default="ViT-B-16")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="default: every registered method")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="default: every registered method")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps (and inference batches) after one warm-up")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed training steps (and inference batches) after one warm-up")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each subprocess (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--options", type=json.loads, default=None,
-                        help='JSON {method: {option: value}} over the base-to-new defaults (--quick: %s)' % json.dumps(TINY_OPTIONS))
+                        help="JSON {method: {option: value}} over the base-to-new defaults "
+                             f"(--quick: {json.dumps(TINY_OPTIONS)})")
     parser.add_argument("--model-config-dir", nargs="*", default=[], help="extra open_clip model config folders")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results (default: benchmarks/results/method_cost.json; with --quick /tmp/method_cost_quick.json)")
+                        help="JSON results (default: benchmarks/results/method_cost.json; "
+                             "with --quick /tmp/method_cost_quick.json)")
     parser.add_argument("--readme", type=Path, default=None,
-                        help=f"write the table between this file's <!-- {README_MARKERS}:start --> and <!-- {README_MARKERS}:end --> markers")
-    parser.add_argument("--quick", action="store_true", help="tiny-clip (tests/model_configs), 20 classes, batch 8, 1 step: check the script works")
+                        help=f"write the table between this file's <!-- {README_MARKERS}:start --> and "
+                             f"<!-- {README_MARKERS}:end --> markers")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny-clip (tests/model_configs), 20 classes, batch 8, 1 step: check the script works")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     methods = [m for m in METHODS if m in args.methods]  # registry order, whatever order they were named in
     if args.readme is not None:
-        from clipfit.tables import update_readme
+        from clipfit.readme import update_readme
 
         if not args.readme.is_file():  # fail now, not after the run, on a missing file or markers
             parser.error(f"--readme {args.readme}: no such file")
@@ -484,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.classes, args.batch, args.steps = "tiny-clip", 20, 8, 1
         config_dirs.append(str(TEST_CONFIGS))
         extra = {**TINY_OPTIONS, **extra}
-    out = args.out or (Path(tempfile.gettempdir()) / "method_cost_quick.json" if args.quick else ROOT / "benchmarks" / "results" / "method_cost.json")
+    if args.quick:
+        default_out = Path(tempfile.gettempdir()) / "method_cost_quick.json"
+    else:
+        default_out = ROOT / "benchmarks" / "results" / "method_cost.json"
+    out = args.out or default_out
     out.parent.mkdir(parents=True, exist_ok=True)
 
     results: list[dict] = []
@@ -503,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in methods:
         # As `clipfit.runner` builds a run's options: the protocol's defaults, the variant's preset, the user's.
         options = {**METHODS[name].protocol_defaults(PROTOCOL, DATASET), **METHODS[name].preset, **extra.get(name, {})}
-        job = Job(model=args.model, method=name, options=options, classes=args.classes, batch=args.batch, steps=args.steps,
-                  seed=args.seed, threads=args.threads, device=args.device, config_dirs=tuple(config_dirs))
+        job = Job(model=args.model, method=name, options=options, classes=args.classes, batch=args.batch,
+                  steps=args.steps, seed=args.seed, threads=args.threads, device=args.device,
+                  config_dirs=tuple(config_dirs))
         print(f"[{args.model} {name}] options {options} ...", flush=True)
         r = {"method": name, **run_isolated(job)}
         results.append(r)
@@ -515,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             if "encode_ms_per_image_per_view" in r:
                 parts.append(f"encoding {_encoding(r)} ms/image/view")
             if "train_ms_per_image" in r:
-                parts.append(f"training ({r['training']}) {r['train_ms_per_image']:.3g} ms/image, peak {r['train_peak_gb']:.2f} GB")
+                parts.append(f"training ({r['training']}) {r['train_ms_per_image']:.3g} ms/image, "
+                             f"peak {r['train_peak_gb']:.2f} GB")
             if "fresh_step_ms_per_image" in r:
                 parts.append(f"fresh-augmentation step {r['fresh_step_ms_per_image']:.3g} ms/image")
             parts.append(f"inference {r['infer_ms_per_image']:.3g} ms/image")
@@ -529,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     busy = [r for r in results if max(r["loadavg_before"], r["loadavg_after"]) > (os.cpu_count() or 1)]
     if busy:
         load = max(max(r["loadavg_before"], r["loadavg_after"]) for r in busy)
-        warning = (f"warning: {len(busy)} of {len(results)} method(s) ran while the 1-minute load average exceeded the CPU count "
-                   f"(up to {load:.1f} on {os.cpu_count()} CPUs, the child's own threads included): other processes shared the "
-                   "CPUs, so the wall times are inflated; rerun on a quiet machine")
+        warning = (f"warning: {len(busy)} of {len(results)} method(s) ran while the 1-minute load average exceeded "
+                   f"the CPU count (up to {load:.1f} on {os.cpu_count()} CPUs, the child's own threads included): "
+                   "other processes shared the CPUs, so the wall times are inflated; rerun on a quiet machine")
         lines += [f"- {warning}"]
         record["warning"] = warning
     markdown = "\n".join(lines)

@@ -219,9 +219,9 @@ def _measure(job: Job) -> dict:
         losses = []
 
         def step():
-            loss, _ = method.training_loss(images, labels)
+            loss = method.training_loss(images, labels)
             method.backward(loss, lambda x: x)
-            losses.append(loss.item())
+            losses.append(loss.total.item())
             method.zero_grad(set_to_none=True)
 
     out["rss_after_setup_gb"] = memory.rss_gb()
@@ -287,7 +287,7 @@ def run_isolated(job: Job) -> dict:
         result_path = Path(tmp) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(job)), str(result_path)]
         started = time.perf_counter()
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
         elapsed = time.perf_counter() - started
         result = json.loads(result_path.read_text()) if result_path.is_file() else None
     if result is None:
@@ -295,8 +295,9 @@ def run_isolated(job: Job) -> dict:
         killed = proc.returncode == -signal.SIGKILL
         memory = killed or any(w in tail.lower() for w in _MEMORY_WORDS)
         last = tail.splitlines()[-1] if tail else ""
-        result = {"error": f"subprocess died with exit code {proc.returncode}" + (" (SIGKILL: out of memory?)" if killed else "") + (f": {last}" if last else ""),
-                  "did_not_fit": memory, "stderr_tail": tail}
+        error = f"subprocess died with exit code {proc.returncode}"
+        error += (" (SIGKILL: out of memory?)" if killed else "") + (f": {last}" if last else "")
+        result = {"error": error, "did_not_fit": memory, "stderr_tail": tail}
     elif proc.stderr.strip():
         result["stderr_tail"] = proc.stderr.strip()[-1500:]
     result["subprocess_s"] = elapsed
@@ -324,13 +325,14 @@ def _image_forward_time(results: list[dict], method: str, classes: int) -> float
 
 
 def table(results: list[dict], cap: float) -> str:
-    head = ("| method | classes | path | suffix lengths | step s | x image forward | peak RSS GB | RSS after setup GB | "
-            "aten ops (step) | aten ops (text side) |")
+    head = ("| method | classes | path | suffix lengths | step s | x image forward | peak RSS GB | "
+            "RSS after setup GB | aten ops (step) | aten ops (text side) |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         status = _status(r, cap)
         if status:
-            lines.append(f"| {r['method']} | {r['classes']} | {r['path']} | - | {status} | - | {_fmt(r.get('peak_rss_gb'))} | - | - | - |")
+            lines.append(f"| {r['method']} | {r['classes']} | {r['path']} | - | {status} | - | "
+                         f"{_fmt(r.get('peak_rss_gb'))} | - | - | - |")
             continue
         base = _image_forward_time(results, r["method"], r["classes"])
         ratio = r["median_s"] / base if base else None
@@ -338,8 +340,9 @@ def table(results: list[dict], cap: float) -> str:
         text = r.get("aten_ops_text", {}).get("all")
         groups = r.get("prompts", {}).get("suffix_groups", "-")
         lines.append(
-            f"| {r['method']} | {r['classes']} | {r['path']} | {groups} | {_fmt(r['median_s'], '.3g')} | {_fmt(ratio)} | "
-            f"{_fmt(r['peak_rss_after_steps_gb'])} | {_fmt(r['rss_after_setup_gb'])} | {ops if ops is not None else '-'} | {text if text is not None else '-'} |"
+            f"| {r['method']} | {r['classes']} | {r['path']} | {groups} | {_fmt(r['median_s'], '.3g')} | "
+            f"{_fmt(ratio)} | {_fmt(r['peak_rss_after_steps_gb'])} | {_fmt(r['rss_after_setup_gb'])} | "
+            f"{ops if ops is not None else '-'} | {text if text is not None else '-'} |"
         )
     return "\n".join(lines)
 
@@ -347,9 +350,11 @@ def table(results: list[dict], cap: float) -> str:
 def growth(results: list[dict]) -> list[str]:
     """Whether the aten operator counts grow with the number of classes, per method and path."""
     out = []
-    keys = sorted({(r["method"], r["path"]) for r in results}, key=lambda k: (list(METHODS).index(k[0]), PATHS.index(k[1])))
+    keys = sorted({(r["method"], r["path"]) for r in results},
+                  key=lambda k: (list(METHODS).index(k[0]), PATHS.index(k[1])))
     for method, path in keys:
-        rows = sorted((r for r in results if (r["method"], r["path"]) == (method, path) and "aten_ops_step" in r), key=lambda r: r["classes"])
+        rows = sorted((r for r in results if (r["method"], r["path"]) == (method, path) and "aten_ops_step" in r),
+                      key=lambda r: r["classes"])
         if len(rows) < 2:
             continue
         parts = []
@@ -371,10 +376,12 @@ def check_losses(results: list[dict]) -> list[str]:
     for r in results:
         if r["path"] not in ("ours-padded", "straightforward") or "loss" not in r:
             continue
-        ours = next((o for o in results if o["path"] == "ours" and o["method"] == r["method"] and o["classes"] == r["classes"] and "loss" in o), None)
+        ours = next((o for o in results
+                     if o["path"] == "ours" and o["method"] == r["method"] and o["classes"] == r["classes"]
+                     and "loss" in o), None)
         if ours:
-            out.append(f"- {r['method']} {r['classes']} classes: loss ours {ours['loss']:.6f}, {r['path']} {r['loss']:.6f}, "
-                       f"|diff| {abs(ours['loss'] - r['loss']):.1e}")
+            out.append(f"- {r['method']} {r['classes']} classes: loss ours {ours['loss']:.6f}, "
+                       f"{r['path']} {r['loss']:.6f}, |diff| {abs(ours['loss'] - r['loss']):.1e}")
     return out
 
 
@@ -384,21 +391,28 @@ def main(argv: list[str] | None = None) -> int:
         fields = json.loads(argv[1])
         fields["config_dirs"] = tuple(fields["config_dirs"])
         return _child(Job(**fields), argv[2])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--paths", nargs="+", default=[p.replace(" ", "-") for p in PATHS], choices=[p.replace(" ", "-") for p in PATHS],
+    parser.add_argument("--paths", nargs="+", default=[p.replace(" ", "-") for p in PATHS],
+                        choices=[p.replace(" ", "-") for p in PATHS],
                         help="which paths to measure (default: all a method has)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (the median is reported)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="address-space cap of each subprocess (RLIMIT_AS); 0: none")
+    parser.add_argument("--mem-limit-gb", type=float, default=20.0,
+                        help="address-space cap of each subprocess (RLIMIT_AS); 0: none")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each subprocess (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-profile", action="store_true", help="skip the operator counts")
     parser.add_argument("--model-config-dir", nargs="*", default=[], help="extra open_clip model config folders")
-    parser.add_argument("--out", type=Path, default=None, help="JSON results (default: benchmarks/results/prompt_step.json, prompt_step_quick.json with --quick)")
-    parser.add_argument("--quick", action="store_true", help="tiny-clip (tests/model_configs), 20 and 50 classes, 1 step: check the script works")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results (default: benchmarks/results/prompt_step.json, "
+                             "prompt_step_quick.json with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny-clip (tests/model_configs), 20 and 50 classes, 1 step: check the script works")
     args = parser.parse_args(argv)
     config_dirs = [str(Path(d).resolve()) for d in args.model_config_dir]
     if args.quick:
@@ -408,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     results: list[dict] = []
-    record = {"config": {**vars(args), "out": str(out), "model_config_dir": config_dirs}, "environment": environment("cpu"), "results": results}
+    record = {"config": {**vars(args), "out": str(out), "model_config_dir": config_dirs},
+              "environment": environment("cpu"), "results": results}
     started = time.perf_counter()
 
     def save():
@@ -420,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in METHODS[method][2]:
                 if path.replace(" ", "-") not in args.paths:
                     continue
-                job = Job(model=args.model, method=method, classes=classes, path=path, batch=args.batch, steps=args.steps, seed=args.seed,
-                          threads=args.threads, mem_limit_gb=args.mem_limit_gb, config_dirs=tuple(config_dirs), profile=not args.no_profile)
+                job = Job(model=args.model, method=method, classes=classes, path=path, batch=args.batch,
+                          steps=args.steps, seed=args.seed, threads=args.threads, mem_limit_gb=args.mem_limit_gb,
+                          config_dirs=tuple(config_dirs), profile=not args.no_profile)
                 print(f"[{args.model} {method} {classes} classes] {path} ...", flush=True)
                 r = {"method": method, "classes": classes, "path": path, **run_isolated(job)}
                 results.append(r)
@@ -431,16 +447,20 @@ def main(argv: list[str] | None = None) -> int:
                 save()
 
     threads = next((r["threads"] for r in results if "threads" in r), "?")
-    print(f"\n{args.model}, batch {args.batch}, fp32, CPU, {threads} threads; median of {args.steps} step(s) after 1 warm-up\n")
+    print(f"\n{args.model}, batch {args.batch}, fp32, CPU, {threads} threads; "
+          f"median of {args.steps} step(s) after 1 warm-up\n")
     print(table(results, args.mem_limit_gb))
-    busy = [r for r in results if max(r.get("loadavg_before_steps", 0), r.get("loadavg_after_steps", 0)) > (os.cpu_count() or 1) + 0.5]
+    busy = [r for r in results
+            if max(r.get("loadavg_before_steps", 0), r.get("loadavg_after_steps", 0)) > (os.cpu_count() or 1) + 0.5]
     if busy:
         load = max(max(r["loadavg_before_steps"], r["loadavg_after_steps"]) for r in busy)
-        why = ("torch's OpenMP threads then wait on each other at every operator, which slows many-operator steps "
-               "most; rerun on a quiet machine or with --threads 1") if any(r.get("threads", 1) > 1 for r in busy) else \
-              "wall times include time-sharing with other processes (the JSON also has CPU times)"
-        print(f"\nwarning: {len(busy)} measurement(s) ran while other processes kept the CPUs busy (1-min load average up to "
-              f"{load:.1f} on {os.cpu_count()} CPUs, the subprocess's own threads included): {why}")
+        if any(r.get("threads", 1) > 1 for r in busy):
+            why = ("torch's OpenMP threads then wait on each other at every operator, which slows many-operator "
+                   "steps most; rerun on a quiet machine or with --threads 1")
+        else:
+            why = "wall times include time-sharing with other processes (the JSON also has CPU times)"
+        print(f"\nwarning: {len(busy)} measurement(s) ran while other processes kept the CPUs busy (1-min load "
+              f"average up to {load:.1f} on {os.cpu_count()} CPUs, the subprocess's own threads included): {why}")
     lines = growth(results)
     if lines:
         print("\naten operators per step against classes (all aten events, nested included):")

@@ -1,4 +1,4 @@
-"""CLIPFit step time and peak memory against the image-tower floor, and evaluation throughput (issue 4).
+"""CLIPFit step time and peak memory against the image-tower floor, and evaluation throughput.
 
 For each model and number of classes, each measurement in a fresh `spawn` subprocess (so that its peak
 memory is its own):
@@ -159,7 +159,7 @@ def _setup(cfg: Config, method_name: str = "clipfit"):
     backbone = load_backbone(cfg.model, "none", device=cfg.device)
     options = {"beta": BETA} if method_name == "clipfit" else {}
     method = build_method(method_name, backbone, class_names(cfg.classes, cfg.seed), cfg.template, options)
-    if method.trains:
+    if method.regime.trains:
         method.prepare_training()
     size = backbone.preprocess.image_size
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -219,7 +219,7 @@ def _steps(cfg: Config, kind: str) -> dict:
         params = list(method.trainable_parameters().values())
 
         def loss_fn():
-            return method.training_loss(images, labels)[0]
+            return method.training_loss(images, labels).total
 
     else:
         raise ValueError(kind)
@@ -277,7 +277,7 @@ def _exactness(cfg: Config) -> dict:
     with torch.no_grad():
         class_features = method.class_features()
         logits = method.logits(images, class_features)
-        loss, _ = method.training_loss(images, labels)
+        loss = method.training_loss(images, labels).total
     ours_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -301,7 +301,7 @@ def _exactness(cfg: Config) -> dict:
     # Gradients. Ours: the real training loss. Straightforward: the two full-length passes' gradients,
     # by the chain rule through the text features, recomputed chunk by chunk so memory stays bounded.
     names = list(params)
-    loss, _ = method.training_loss(images, labels)
+    loss = method.training_loss(images, labels).total
     ours = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
     text_1 = text.clone().requires_grad_(True)
     text_2 = text_again.clone().requires_grad_(True)
@@ -499,7 +499,7 @@ def print_table(model: str, per_class: dict) -> None:
     print(head)
     for classes, e in sorted(per_class.items()):
         r, x = e.get("ratios", {}), e.get("exactness", {})
-        get = lambda k, f="median_s": e.get(k, {}).get(f)  # noqa: E731
+        get = lambda k, f="median_s", e=e: e.get(k, {}).get(f)  # noqa: E731
         rel = [x[k] / max(x[k.replace("grad_max_abs_diff", "grad_max_abs")], 1e-30) for k in x if k.startswith("grad_max_abs_diff")]
         grad_rel = max(rel) if rel else None
         print(

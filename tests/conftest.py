@@ -25,7 +25,9 @@ def write_image(path: Path, colour: tuple[int, int, int], rng: np.random.Generat
     Image.fromarray(pixels).save(path)
 
 
-def make_coop_eurosat(root: Path, n_classes: int = 4, per_split: tuple[int, int, int] = (8, 2, 4), seed: int = 0) -> Path:
+def make_coop_eurosat(
+    root: Path, n_classes: int = 4, per_split: tuple[int, int, int] = (8, 2, 4), seed: int = 0
+) -> Path:
     """A small EuroSAT in the CoOp layout: <root>/eurosat/2750/<Class>/<i>.jpg + split_zhou_EuroSAT.json."""
     rng = np.random.default_rng(seed)
     folder = root / "eurosat"

@@ -45,7 +45,7 @@ def random_openai_state_dict(shapes: dict[str, torch.Size], seed: int = 0) -> di
 
 
 def reference_step(method, images: torch.Tensor, labels: torch.Tensor, *, on_features: bool = False):
-    """One training step as the reference tests compare it: (loss, its parts, logits), the gradients left in
+    """One training step as the reference tests compare it: (loss, its terms as numbers, logits), the gradients left in
     the trainable tensors' `.grad`. ``on_features``: the step on the frozen features (`feature_loss`), as a
     method that trains on stored features takes it."""
     method.prepare_training()
@@ -53,14 +53,14 @@ def reference_step(method, images: torch.Tensor, labels: torch.Tensor, *, on_fea
     if on_features:
         with torch.no_grad():
             inputs = method.encode_images(images)
-        loss, parts = method.feature_loss(inputs, labels)
+        loss = method.feature_loss(inputs, labels)
     else:
         inputs = images
-        loss, parts = method.training_loss(images, labels)
+        loss = method.training_loss(images, labels)
     for p in method.trainable_parameters().values():
         p.grad = None
     method.backward(loss, lambda x: x)
     with torch.no_grad():
         classifier = method.classifier()
         logits = method.logits_from_features(inputs, classifier) if on_features else method.logits(images, classifier)
-    return loss, parts, logits
+    return loss.total, loss.term_values(), logits

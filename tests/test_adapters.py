@@ -11,8 +11,8 @@ import torch
 
 from clipfit import api, data
 from clipfit.backbone import load_backbone
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, train
+from clipfit.config import OptimConfig, RunConfig
+from clipfit.engine import train
 from clipfit.features import augmented_view, encode_views, feature_batches
 from clipfit.methods import build_method
 from clipfit.methods.adapters import C_SWEEP, TIP_SEARCH_STEPS
@@ -122,7 +122,8 @@ def test_tip_adapter_f_trains_the_keys_from_the_cache_and_searches_after(splits)
     tip = build("tip-adapter-f", views=2)
     augment, _ = datasets(tip, splits.train)
     _, val = datasets(tip, splits.val)
-    optim = OptimConfig(epochs=3, batch_size=8, lr=0.01, optimizer="adamw", schedule="cosine-iterations", warmup_epochs=0)
+    optim = OptimConfig(epochs=3, batch_size=8, lr=0.01, optimizer="adamw", schedule="cosine-iterations",
+                        warmup_epochs=0)
     history = train(tip, augment, optim, seed=1, progress=False, val_dataset=val)
     features, _ = encode_views(tip, augment, views=2, seed=1, batch_size=8)
     initial = torch.nn.functional.normalize(features.mean(dim=0), dim=-1)
@@ -135,7 +136,8 @@ def test_the_linear_probes_chosen_regularisation_is_the_best_on_validation(split
     probe = build("linear-probe")
     _, plain = datasets(probe, splits.train)
     _, val = datasets(probe, splits.val)
-    history = train(probe, plain, OptimConfig(batch_size=8), seed=1, progress=False, plain_dataset=plain, val_dataset=val)
+    history = train(probe, plain, OptimConfig(batch_size=8), seed=1, progress=False, plain_dataset=plain,
+                    val_dataset=val)
     x = encode_views(probe, plain, 0, 1, batch_size=8)
     v = encode_views(probe, val, 0, 1, batch_size=8)
     x, y = x[0][0].double().numpy(), x[1].numpy()
@@ -162,7 +164,8 @@ def test_clip_adapter_with_a_zero_bottleneck_is_zero_shot_clip(splits):
     zeroshot = build_method("zeroshot", adapter.backbone, adapter.classnames, TEMPLATE)
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(adapter.logits(images, adapter.classifier()), zeroshot.logits(images, zeroshot.classifier()))
+        torch.testing.assert_close(adapter.logits(images, adapter.classifier()),
+                                   zeroshot.logits(images, zeroshot.classifier()))
 
 
 @pytest.mark.parametrize("name", ["clip-adapter", "tip-adapter-f"])
@@ -181,10 +184,12 @@ def test_clip_adapter_ln_cannot_cache_features():
     with pytest.raises(Exception, match="augmentation=fresh"):
         build("clip-adapter", layernorm=True)
     method = build("clip-adapter+ln")
-    assert method.feature_views is None and method.image_tower_trains
+    assert method.regime.optimise == "images" and method.regime.views is None and method.image_tower_trains
 
 
-@pytest.mark.parametrize("name, options", [("linear-probe", {}), ("tip-adapter", {}), ("clip-adapter", {"type": "vision"})])
+@pytest.mark.parametrize(
+    "name, options", [("linear-probe", {}), ("tip-adapter", {}), ("clip-adapter", {"type": "vision"})]
+)
 def test_a_classifier_of_the_training_classes_refuses_other_classes(name, options):
     method = build(name, **options)
     method.set_classes(list(CLASSNAMES[:4]))  # its own classes: fine

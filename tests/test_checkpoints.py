@@ -170,8 +170,10 @@ def test_unknown_model_names_close_matches_and_a_command_that_lists_them():
             build("ViT-B-61")
         message = str(info.value)
         assert re.search(r"close matches: [^)]*\bViT-B-16\b", message), message
-        assert message.endswith("; `clipfit models` lists them")  # a command that exists now (issue 11)
-    listed = subprocess.run([sys.executable, "-m", "clipfit.cli", "models"], capture_output=True, text=True, check=True).stdout
+        assert message.endswith("; `clipfit models` lists them")  # the hint names a real command (run below)
+    listed = subprocess.run(
+        [sys.executable, "-m", "clipfit.cli", "models"], capture_output=True, text=True, check=True
+    ).stdout
     assert any(line.split()[0] == "ViT-B-16" for line in listed.splitlines())
 
 
@@ -197,7 +199,8 @@ def test_adapter_checksum_is_sha256_of_names_dtypes_shapes_and_bytes(tmp_path):
     path = tmp_path / "adapter.safetensors"
     save_adapter(path, {"b": torch.tensor([1.0, -2.0]), "a": torch.tensor([[0.5]])}, adapter_info())
     expected = hashlib.sha256(
-        b'["a", "torch.float32", [1, 1]]\n' + struct.pack("<f", 0.5) + b'["b", "torch.float32", [2]]\n' + struct.pack("<2f", 1.0, -2.0)
+        b'["a", "torch.float32", [1, 1]]\n' + struct.pack("<f", 0.5)
+        + b'["b", "torch.float32", [2]]\n' + struct.pack("<2f", 1.0, -2.0)
     ).hexdigest()
     header_length = int.from_bytes(path.read_bytes()[:8], "little")
     metadata = json.loads(path.read_bytes()[8 : 8 + header_length])["__metadata__"]

@@ -7,7 +7,9 @@ import pytest
 from clipfit.cli import main
 
 
-@pytest.mark.parametrize("verb", [["train"], ["eval"], ["predict"], ["params"], ["demo"], ["data", "check"], ["data", "list"]])
+@pytest.mark.parametrize(
+    "verb", [["train"], ["eval"], ["predict"], ["params"], ["demo"], ["data", "check"], ["data", "list"]]
+)
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*verb, "--help"])
@@ -44,5 +46,6 @@ def test_train_flags_override_the_config_file_and_unset_flags_keep_it(tmp_path):
     config.write_text('{"dataset": "mini_letters", "shots": 4, "hflip": true}')
     from_flags = _config_from_args(build_parser().parse_args(["train", "--config", str(config), "--no-hflip",
                                                               "--lr", "0.01"]))
-    assert (from_flags.dataset, from_flags.shots, from_flags.hflip, from_flags.optim.lr) == ("mini_letters", 4, False, 0.01)
+    got = (from_flags.dataset, from_flags.shots, from_flags.hflip, from_flags.optim.lr)
+    assert got == ("mini_letters", 4, False, 0.01)
     assert _config_from_args(build_parser().parse_args(["train", "--config", str(config)])).hflip is True

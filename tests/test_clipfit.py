@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from clipfit import data
 from clipfit.adapter import AdapterInfo, read_adapter, save_adapter
 from clipfit.backbone import load_backbone
-from clipfit.engine import OptimConfig, predict_logits, train
+from clipfit.config import OptimConfig
+from clipfit.engine import predict_logits, train
 from clipfit.methods import build_method
 
 from conftest import TINY_MODEL
@@ -36,11 +37,12 @@ def test_loss_is_cross_entropy_plus_beta_times_one_minus_mean_cosine_to_pretrain
     tokens = open_clip.get_tokenizer(TINY_MODEL)([TEMPLATE.format(c) for c in classnames])
     with torch.no_grad():
         pretrained = clip.encode_text(tokens)
-        for name, p in method.trainable_parameters().items():
+        for p in method.trainable_parameters().values():
             p.add_(0.05 * torch.randn_like(p))
     images, labels = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 1, 0])
 
-    loss, parts = method.training_loss(images, labels)
+    loss = method.training_loss(images, labels)
+    parts = loss.term_values()
 
     with torch.no_grad():
         img = clip.encode_image(images)
@@ -52,7 +54,7 @@ def test_loss_is_cross_entropy_plus_beta_times_one_minus_mean_cosine_to_pretrain
         pre_n = pretrained / pretrained.norm(dim=-1, keepdim=True)
         kd = 1 - (txt_n * pre_n).sum(dim=-1).mean()
     assert kd > 1e-4, "the perturbation must move the text features for the check to mean anything"
-    torch.testing.assert_close(loss.detach(), ce + 3.0 * kd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.total.detach(), ce + 3.0 * kd, rtol=1e-5, atol=1e-6)
     assert parts["ce"] == pytest.approx(ce.item(), rel=1e-5)
     assert parts["kd"] == pytest.approx(kd.item(), rel=1e-4)
 
@@ -63,7 +65,7 @@ def test_bias_mse_regulariser_is_the_mean_squared_change_of_the_text_biases():
     with torch.no_grad():
         for p in method.text_biases.values():
             p.add_(0.1)
-    _, parts = method.training_loss(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    parts = method.training_loss(torch.randn(2, 3, 32, 32), torch.tensor([0, 1])).term_values()
     assert parts["bias-mse"] == pytest.approx(0.01, rel=1e-4)
 
 
@@ -74,7 +76,8 @@ def test_training_lowers_the_loss_and_changes_only_the_selected_parameters(euros
     before = {k: v.clone() for k, v in method.clip.state_dict().items()}
     selected = set(method.trainable_parameters())
 
-    history = train(method, dataset, OptimConfig(epochs=8, batch_size=8, lr=0.5, warmup_epochs=0), seed=1, progress=False)
+    optim = OptimConfig(epochs=8, batch_size=8, lr=0.5, warmup_epochs=0)
+    history = train(method, dataset, optim, seed=1, progress=False)
 
     assert history[-1]["loss"] < history[0]["loss"]
     after = method.clip.state_dict()
@@ -96,7 +99,8 @@ def test_adapter_file_round_trips_to_identical_logits(eurosat_root, tmp_path):
 
     tensors, loaded_info = read_adapter(tmp_path / "adapter.safetensors")
     assert loaded_info == info
-    rebuilt = build_method("clipfit", load_backbone(TINY_MODEL, "none"), loaded_info.classnames, loaded_info.template, loaded_info.method_options)
+    rebuilt = build_method("clipfit", load_backbone(TINY_MODEL, "none"), loaded_info.classnames, loaded_info.template,
+                           loaded_info.method_options)
     rebuilt.load_adapter_state(tensors)
 
     expected, _ = predict_logits(method, dataset, progress=False)
@@ -105,8 +109,10 @@ def test_adapter_file_round_trips_to_identical_logits(eurosat_root, tmp_path):
 
 
 def test_vit_b16_adapter_file_is_under_200_kb_and_names_the_base_weights(tmp_path):
-    method = build_method("clipfit", load_backbone("ViT-B-16", "none"), ["cat", "dog"], "a photo of a {}.", {"beta": 8.0})
-    info = AdapterInfo("ViT-B-16", "openai", "clipfit", {"beta": 8.0}, [f"class {i}" for i in range(100)], "a photo of a {}.")
+    method = build_method("clipfit", load_backbone("ViT-B-16", "none"), ["cat", "dog"], "a photo of a {}.",
+                          {"beta": 8.0})
+    classnames = [f"class {i}" for i in range(100)]
+    info = AdapterInfo("ViT-B-16", "openai", "clipfit", {"beta": 8.0}, classnames, "a photo of a {}.")
     path = tmp_path / "adapter.safetensors"
     save_adapter(path, method.adapter_state(), info)
     assert path.stat().st_size < 200_000

@@ -90,7 +90,8 @@ def test_training_and_evaluation_read_a_turned_photo_upright(tmp_path, cache_byt
     tensor, label = ImageDataset([Sample(path, 0, "thing")], cache_bytes=cache_bytes)[0]
     assert label == 0
     assert tensor.shape == (3, 2, 3)
-    assert (tensor * 255).round().to(torch.uint8).permute(1, 2, 0).tolist() == [[list(p) for p in row] for row in UPRIGHT]
+    pixels = (tensor * 255).round().to(torch.uint8).permute(1, 2, 0).tolist()
+    assert pixels == [[list(p) for p in row] for row in UPRIGHT]
 
 
 def test_every_image_the_package_reads_goes_through_open_image():
@@ -129,8 +130,8 @@ out = {"locale": locale.getpreferredencoding(False), "fs": sys.getfilesystemenco
 
 
 def run_in_c_locale(code: str, root: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", PRELUDE + code + "\nprint(json.dumps(out))", str(root)], env=c_locale_env(),
-                          capture_output=True, cwd=root)
+    done = subprocess.run([sys.executable, "-c", PRELUDE + code + "\nprint(json.dumps(out))", str(root)],
+                          env=c_locale_env(), capture_output=True, cwd=root)
     assert done.returncode == 0, done.stderr.decode("utf-8", "replace")[-3000:]
     out = json.loads(done.stdout.decode("ascii").strip().splitlines()[-1])
     # The locale the bug needs: text and file names both ASCII unless the code says UTF-8.
@@ -253,8 +254,13 @@ def text_io_without_encoding(path: Path) -> list[str]:
             text = True
         elif name == "open":
             # builtin open(file, mode) or Path.open(mode)
-            mode = keywords.get("mode") or (node.args[1] if isinstance(func, ast.Name) and len(node.args) > 1
-                                            else node.args[0] if isinstance(func, ast.Attribute) and node.args else None)
+            if isinstance(func, ast.Name) and len(node.args) > 1:
+                positional = node.args[1]
+            elif isinstance(func, ast.Attribute) and node.args:
+                positional = node.args[0]
+            else:
+                positional = None
+            mode = keywords.get("mode") or positional
             text = not (isinstance(mode, ast.Constant) and "b" in str(mode.value))
         else:
             continue
@@ -266,7 +272,11 @@ def text_io_without_encoding(path: Path) -> list[str]:
 def test_no_text_file_is_read_or_written_in_the_locale_encoding():
     """Split files, CSVs, class-name files, caches and world task files are UTF-8 whatever the locale: every
     text-mode read and write names its encoding."""
-    files = [p for entry in TEXT_IO_CHECKED for p in sorted((SRC / entry).rglob("*.py") if (SRC / entry).is_dir() else [SRC / entry])]
+    files = [
+        p
+        for entry in TEXT_IO_CHECKED
+        for p in sorted((SRC / entry).rglob("*.py") if (SRC / entry).is_dir() else [SRC / entry])
+    ]
     assert len(files) > 10
     assert [hit for path in files for hit in text_io_without_encoding(path)] == []
 

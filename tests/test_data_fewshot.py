@@ -1,4 +1,7 @@
-"""Protocol rules on top of a dataset: the few-shot draw and the base-to-new class split (NOTES.md)."""
+"""Protocol rules on top of a dataset: the few-shot draw (KaiyangZhou/Dassl.pytorch @c61a1b5
+`DatasetBase.generate_fewshot_dataset`, as CoOp's dataset readers call it) and the base-to-new class split
+(KaiyangZhou/CoOp @ff61507 `datasets/oxford_pets.py` `OxfordPets.subsample_classes`: sorted labels, the
+first ceil(n/2) are base, each half relabelled from 0; the protocol of Zhou et al., CoCoOp, CVPR 2022)."""
 
 import json
 from collections import Counter
@@ -21,7 +24,8 @@ def make_splits(root: Path, n_classes: int = 5, per_class: int = 10, name: str =
             for i in range(per_class)
         ]
 
-    return DatasetSplits(name, classnames, "a photo of a {}.", split("train"), split("val"), split("test"), root / "split_fewshot")
+    return DatasetSplits(name, classnames, "a photo of a {}.", split("train"), split("val"), split("test"),
+                         root / "split_fewshot")
 
 
 def per_class(samples):
@@ -61,7 +65,7 @@ def hand_split(root: Path) -> DatasetSplits:
 
 
 def test_fewshot_draw_is_dassls_one_stream_in_order_of_first_appearance(tmp_path):
-    # Worked out from the rule (NOTES.md) for seed 1, K = 2. Classes in order of first appearance in the
+    # Worked out from Dassl's rule for seed 1, K = 2. Classes in order of first appearance in the
     # train list: a (label 1), then b (label 0), then c (label 2). One stream, random.seed(1):
     #   random.sample([a0, a1, a2], 2) = [a0, a2]; random.sample([b0, b1, b2], 2) = [b1, b0];
     #   c has one image, fewer than K: kept whole, and no number is drawn for it.
@@ -120,7 +124,11 @@ def test_fewshot_cache_drawn_by_the_old_sampler_is_redrawn_not_reused(tmp_path):
     expected = fewshot(splits, 2, seed=1)
     path = fewshot_cache_file(cache, 2, 1)
     cache.mkdir()
-    old_rows = [[s.path.relative_to(tmp_path).as_posix(), s.label, s.classname] for s in splits.train if s.path.stem in ("0", "1")]
+    old_rows = [
+        [s.path.relative_to(tmp_path).as_posix(), s.label, s.classname]
+        for s in splits.train
+        if s.path.stem in ("0", "1")
+    ]
     path.write_text(json.dumps({"format": "clipfit-fewshot/1", "dataset": "toy", "shots": 2, "seed": 1,
                                 "classnames": splits.classnames, "train": old_rows, "val": []}))
     with pytest.warns(UserWarning, match=r"shot_2-seed_1\.json was drawn by an older version of the sampler"):
@@ -162,7 +170,8 @@ def test_fewshot_cache_that_no_longer_matches_the_dataset_raises(tmp_path):
     splits = make_splits(tmp_path)
     drawn = fewshot(splits, 4, seed=1, cache_dir=cache).train
     splits.train.remove(drawn[0])  # the dataset changed: a cached image is no longer in it
-    with pytest.raises(DataError, match=r"shot_4-seed_1\.json does not match dataset 'toy'.*not in the dataset's train split"):
+    message = r"shot_4-seed_1\.json does not match dataset 'toy'.*not in the dataset's train split"
+    with pytest.raises(DataError, match=message):
         fewshot(splits, 4, seed=1, cache_dir=cache)
 
 

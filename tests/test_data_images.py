@@ -1,4 +1,7 @@
-"""Images to tensors: ImageDataset and CLIP's train/test transforms (NOTES.md, "as the reference code runs it")."""
+"""Images to tensors: ImageDataset and CLIP's train/test transforms, as the official CLIPFit code runs them
+(minglllli/CLIPFit @4dde049 `configs/trainers/ClipFit/vit_b16.yaml` through KaiyangZhou/Dassl.pytorch @c61a1b5
+`dassl/data/transforms/transforms.py`: RandomResizedCrop(224, scale 0.08-1, bicubic) + flip for training;
+resize the short side to 224, bicubic, and center crop 224 for testing; CLIP's mean/std)."""
 
 from pathlib import Path
 
@@ -67,7 +70,8 @@ def test_train_transform_crop_scale_is_configurable():
 
 
 def test_train_transform_without_flips_for_what_a_mirror_would_relabel():
-    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in train_transform(32, MEAN, STD, hflip=False).transforms)
+    steps = train_transform(32, MEAN, STD, hflip=False).transforms
+    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in steps)
 
 
 def test_test_transform_resizes_short_side_bicubic_then_center_crops(tmp_path):

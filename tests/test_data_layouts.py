@@ -107,10 +107,8 @@ def test_imagenet_sketch_in_a_differently_named_folder_is_pointed_at(tmp_path):
     img(tmp_path / "imagenet-sketch" / "sketch" / "n01440764" / "s.png")  # the Kaggle archive's layout
     report = check_dataset("imagenet_sketch", tmp_path)
     expected = tmp_path / "imagenet-sketch" / "images"
-    assert (
-        f"         found 1 <wnid> folder(s) in {tmp_path / 'imagenet-sketch' / 'sketch'} instead: move them to {expected}"
-        in report.lines
-    )
+    found = tmp_path / "imagenet-sketch" / "sketch"
+    assert f"         found 1 <wnid> folder(s) in {found} instead: move them to {expected}" in report.lines
 
 
 def test_flat_imagenet_v2_images_are_refused(tmp_path):
@@ -128,7 +126,8 @@ def test_imagenet_v2_nested_one_level_is_pointed_at(tmp_path):
     v2 = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
     for label in ("0", "1"):
         img(v2 / v2.name / label / "a.png")
-    with pytest.raises(DataError, match=re.escape(f"found 2 <label> folder(s) in {v2 / v2.name} instead: move them to {v2}")):
+    message = f"found 2 <label> folder(s) in {v2 / v2.name} instead: move them to {v2}"
+    with pytest.raises(DataError, match=re.escape(message)):
         load_dataset("imagenet_v2", tmp_path)
 
 
@@ -155,24 +154,28 @@ def test_stanford_cars_images_one_folder_deeper_are_pointed_at(tmp_path):
 
 def test_missing_coop_image_folder_found_in_a_nested_copy_is_pointed_at(tmp_path):
     d = tmp_path / "caltech-101"
-    rows = {"train": [["face/a.jpg", 0, "face"], ["leopard/b.jpg", 1, "leopard"]], "val": [], "test": [["face/c.jpg", 0, "face"]]}
+    rows = {"train": [["face/a.jpg", 0, "face"], ["leopard/b.jpg", 1, "leopard"]], "val": [],
+            "test": [["face/c.jpg", 0, "face"]]}
     write_split(d, "split_zhou_Caltech101.json", rows)
     nested = d / "caltech-101" / "101_ObjectCategories"
     for rel in ("face/a.jpg", "leopard/b.jpg"):  # 2 of the 3 listed
         img(nested / rel)
     report = check_dataset("caltech101", tmp_path)
     assert not report.ok
-    assert f"         found 2 of its 3 images under {nested} instead: move them to {d / '101_ObjectCategories'}" in report.lines
+    expected = d / "101_ObjectCategories"
+    assert f"         found 2 of its 3 images under {nested} instead: move them to {expected}" in report.lines
 
 
 def test_coop_images_one_folder_up_are_pointed_at(tmp_path):
     d = tmp_path / "eurosat"
-    rows = {"train": [["Forest/f1.jpg", 0, "Forest"], ["River/r1.jpg", 1, "River"]], "val": [], "test": [["River/r2.jpg", 1, "River"]]}
+    rows = {"train": [["Forest/f1.jpg", 0, "Forest"], ["River/r1.jpg", 1, "River"]], "val": [],
+            "test": [["River/r2.jpg", 1, "River"]]}
     write_split(d, "split_zhou_EuroSAT.json", rows)
     (d / "2750").mkdir()
     for rel in ("Forest/f1.jpg", "River/r1.jpg", "River/r2.jpg"):
         img(d / rel)
-    with pytest.raises(DataError, match=re.escape(f"found 3 of its 3 images under {d} instead: move them to {d / '2750'}")):
+    message = f"found 3 of its 3 images under {d} instead: move them to {d / '2750'}"
+    with pytest.raises(DataError, match=re.escape(message)):
         load_dataset("eurosat", tmp_path)
 
 
@@ -192,9 +195,8 @@ def test_fgvc_images_one_folder_deeper_are_pointed_at(tmp_path):
     (d / "images_variant_test.txt").write_text("1000003 A300B4\n")
     for i in (1, 2, 3):
         img(d / "images" / "images" / f"100000{i}.jpg")
-    with pytest.raises(
-        DataError, match=re.escape(f"found 3 of its 3 images under {d / 'images' / 'images'} instead: move them to {d / 'images'}")
-    ):
+    message = f"found 3 of its 3 images under {d / 'images' / 'images'} instead: move them to {d / 'images'}"
+    with pytest.raises(DataError, match=re.escape(message)):
         load_dataset("fgvc_aircraft", tmp_path)
 
 
@@ -222,7 +224,8 @@ def test_imagefolder_flat_test_split_is_refused(tmp_path):
     img(tmp_path / "train" / "dog" / "b.png")
     img(tmp_path / "test" / "c.png")
     img(tmp_path / "test" / "d.png")
-    with pytest.raises(DataError, match=re.escape(f"image folder {tmp_path / 'test'} has no class sub-folders; it holds 2 image file(s)")):
+    message = f"image folder {tmp_path / 'test'} has no class sub-folders; it holds 2 image file(s)"
+    with pytest.raises(DataError, match=re.escape(message)):
         load_dataset("imagefolder", tmp_path)
 
 
@@ -267,7 +270,9 @@ def test_split_file_labels_that_become_one_prompt_name_are_refused(tmp_path):
     d = tmp_path / "eurosat"
     rows = {"train": [["a/1.jpg", 0, "sea_lake"], ["b/1.jpg", 1, "sea lake"]], "val": [], "test": []}
     write_split(d, "split_zhou_EuroSAT.json", rows)
-    with pytest.raises(DataError, match=r"'sea_lake' \(label 0, first at train\[0\]\) and 'sea lake' \(label 1, first at train\[1\]\) both become 'sea lake'"):
+    message = (r"'sea_lake' \(label 0, first at train\[0\]\) and 'sea lake' \(label 1, first at train\[1\]\) "
+               r"both become 'sea lake'")
+    with pytest.raises(DataError, match=message):
         load_dataset("eurosat", tmp_path)
 
 
@@ -281,11 +286,14 @@ def test_coop_style_imagenet_classnames_with_clip_names_still_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         wnids, names = read_imagenet_classnames(tmp_path)
-    assert names == ["crane bird", "construction crane", "maillot", "one-piece bathing suit", "Cardigan Welsh Corgi", "cardigan"]
+    assert names == ["crane bird", "construction crane", "maillot", "one-piece bathing suit", "Cardigan Welsh Corgi",
+                     "cardigan"]
 
 
 def test_synonym_list_classnames_take_the_first_name_with_one_warning(tmp_path):
-    f = classnames(tmp_path, "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n")
+    f = classnames(tmp_path, "n01440764 tench, Tinca tinca\n"
+                             "n01443537 goldfish, Carassius auratus\n"
+                             "n01484850 great white shark\n")
     from clipfit.data.readers import read_imagenet_classnames
 
     with pytest.warns(UserWarning) as caught:
@@ -303,7 +311,8 @@ def test_synonym_list_with_true_duplicates_is_refused_saying_how_to_fix(tmp_path
     with pytest.warns(UserWarning, match="synonym lists"), pytest.raises(DataError) as err:
         load_dataset("imagenet", tmp_path)
     msg = str(err.value)
-    assert msg.startswith(f"{f}: classes 'crane' (wnid n02012849, line 1) and 'crane' (wnid n03126707, line 2) both become 'crane'")
+    assert msg.startswith(f"{f}: classes 'crane' (wnid n02012849, line 1) and 'crane' (wnid n03126707, line 2) "
+                          "both become 'crane'")
     assert "'crane bird' and n03126707 'construction crane'" in msg
     assert "\n" not in msg
 

@@ -37,7 +37,8 @@ def png16(path: Path, rows: np.ndarray, colour_type: int) -> Path:
     height, width = rows.shape[:2]
     raw = b"".join(b"\x00" + rows[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per line
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
     return path
 
 
@@ -238,7 +239,8 @@ def write_csv(path: Path, rows, header=("path", "label", "split"), bom=False) ->
 
 def test_check_decodes_up_to_2000_images_unless_told_otherwise(tmp_path):
     # Empty files: none decodes, so whether the check decoded shows in the report at once.
-    rows = [[f"img/{i}.png", "cat", "train"] for i in range(1998)] + [["img/v.png", "cat", "val"], ["img/t.png", "cat", "test"]]
+    rows = [[f"img/{i}.png", "cat", "train"] for i in range(1998)]
+    rows += [["img/v.png", "cat", "val"], ["img/t.png", "cat", "test"]]
     for rel, _, _ in rows:
         (tmp_path / rel).parent.mkdir(exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
@@ -342,13 +344,15 @@ def test_split_file_classnames_differing_only_in_case_or_spacing_warn(tmp_path):
         for row in split:
             row[2] = {0: "sea_lake", 1: "Sea  Lake"}[row[1]]
     split_file.write_text(json.dumps(data))
-    with pytest.warns(UserWarning, match=rf"^{re.escape(str(split_file))}: class labels 'sea_lake' and 'Sea  Lake' differ"):
+    message = rf"^{re.escape(str(split_file))}: class labels 'sea_lake' and 'Sea  Lake' differ"
+    with pytest.warns(UserWarning, match=message):
         load_dataset("eurosat", tmp_path)
 
 
 def test_distinct_labels_do_not_warn(tmp_path):
     make_coop(tmp_path)
-    path = write_csv(tmp_path / "l.csv", [["a.png", "forest", "train"], ["b.png", "forests", "train"], ["c.png", "forest", "test"]])
+    path = write_csv(tmp_path / "l.csv",
+                     [["a.png", "forest", "train"], ["b.png", "forests", "train"], ["c.png", "forest", "test"]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("eurosat", tmp_path)

@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from clipfit import api
 from clipfit.backbone import load_backbone
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig
+from clipfit.config import OptimConfig, RunConfig
 from clipfit.errors import ClipFitError
 from clipfit.export import ExportedModel
 from clipfit.methods import METHODS

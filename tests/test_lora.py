@@ -1,4 +1,5 @@
-"""CLIP-LoRA's rules, one test each, on the tiny random-init CLIP (methods-adapters.md section 5).
+"""CLIP-LoRA's rules, one test each, on the tiny random-init CLIP (Zanella and Ben Ayed, "Low-Rank Few-Shot
+Adaptation of Vision-Language Models", CVPRW 2024; official code MaxZanella/CLIP-LoRA @358f0d7).
 
 References are computed independently of the method's code: plain open_clip models (the untouched one,
 and one loaded from the merged state dict), `torch.nn.MultiheadAttention` itself, and attention written
@@ -18,9 +19,9 @@ from torch import nn
 from clipfit import api
 from clipfit.backbone import load_backbone
 from clipfit.config import RunConfig
-from clipfit.engine import apply_precision
 from clipfit.errors import ClipFitError
 from clipfit.methods.lora import LoRAMultiheadAttention, attach_lora
+from clipfit.precision import apply_precision
 from clipfit.runner import resolve
 
 from conftest import TINY_MODEL
@@ -58,7 +59,8 @@ def test_zero_initialised_b_gives_the_base_models_logits_in_both_towers():
     images, _ = colour_batch(n=6)
     with torch.no_grad():
         torch.testing.assert_close(method.encode_images(images), F.normalize(base.encode_image(images), dim=-1), **TOL)
-        torch.testing.assert_close(method.class_features(), F.normalize(base.encode_text(method.prompt_tokens), dim=-1), **TOL)
+        torch.testing.assert_close(method.class_features(), F.normalize(base.encode_text(method.prompt_tokens), dim=-1),
+                                   **TOL)
         logits = method.logits(images, method.classifier())
     torch.testing.assert_close(logits, plain_logits(base, images, method.prompt_tokens), **TOL)
 
@@ -188,7 +190,8 @@ def test_the_optimiser_defaults_are_adamw_with_a_per_iteration_cosine_over_500_x
     config = RunConfig(method="clip-lora", model=TINY_MODEL, pretrained="none", dataset="eurosat",
                        data_root=str(eurosat_root), protocol="few-shot", shots=4)
     optim = resolve(config).optim
-    assert (optim.optimizer, optim.schedule, optim.iterations, optim.batch_size) == ("adamw", "cosine-iterations", 2000, 32)
+    got = (optim.optimizer, optim.schedule, optim.iterations, optim.batch_size)
+    assert got == ("adamw", "cosine-iterations", 2000, 32)
     assert (optim.lr, optim.weight_decay, optim.warmup_epochs, optim.min_lr) == (2e-4, 1e-2, 0, 1e-6)
     from clipfit.methods import get_method
 

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from clipfit import api
 from clipfit.adapter import AdapterInfo, save_adapter
 from clipfit.backbone import load_backbone, weights_fingerprint
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, train
+from clipfit.config import OptimConfig, RunConfig
+from clipfit.engine import train
 from clipfit.errors import ClipFitError
 from clipfit.methods import METHODS, build_method, get_method
-from clipfit.methods.base import Method, register_method
+from clipfit.methods.base import Method, Regime, register_method
 from clipfit.runner import load_adapter, resolve
 from clipfit.text_encoding import PromptContext, encode_prompts, encode_with_context, text_tower_or_none
 
@@ -32,8 +32,11 @@ TEMPLATE = "a photo of a {}."
 
 # Trainable counts on ViT-B/16 with the base-to-new defaults, worked out by hand from the shapes
 # (text width 512, 12 blocks each, image width 768) and, where the paper states one, equal to it:
-# CLIPFit 46,080 (NOTES.md); CoOp 4 vectors 2,048 and 16 vectors 8,192, CoCoOp 35,360 ("35k"), KgCoOp
-# 2,048, MaPLe 3,555,072 ("3.55M"): CLIPFit's Table 7 and methods-prompt.md; BitFit (a)-(d): Table 5's
+# CLIPFit 46,080 (text MLP output biases 6,144 + image LayerNorms 39,936, as minglllli/CLIPFit @4dde049
+# trains them; the paper says "nearly 46K"); CoOp 4 vectors 2,048 and 16 vectors 8,192, CoCoOp 35,360
+# ("35k"), KgCoOp 2,048, MaPLe 3,555,072 ("3.55M"): CLIPFit's Table 7 (Li et al., EMNLP 2024) and the
+# official `prompt_learner` shapes (KaiyangZhou/CoOp @ff61507, htyao89/KgCoOp @c43ccc3,
+# muzairkhattak/multimodal-prompt-learning @69bce21); BitFit (a)-(d): Table 5's
 # 0.17M, 67.6K, 30.7K, 6.1K.
 TEXT_LN_BIASES = 12 * 2 * 512
 TEXT_BLOCK_BIASES = 12 * (3 * 512 + 512 + 2048 + 512) + TEXT_LN_BIASES  # 67,584
@@ -61,10 +64,12 @@ EXPECTED_B16 = {
     "vpt-deep": 12 * 5 * 768 + (768 * 768 + 768) + 513,  # 637,185
     "zeroshot": 0,
     # CLIP-LoRA: rank 2 on q, k, v of 12 blocks per tower, r * (in + out) each: image 12 x 3 x 2 x (768 + 768)
-    # = 110,592, text 12 x 3 x 2 x (512 + 512) = 73,728 (methods-adapters.md section 5).
+    # = 110,592, text 12 x 3 x 2 x (512 + 512) = 73,728 (MaxZanella/CLIP-LoRA @358f0d7 `loralib/utils.py`;
+    # the repository publishes no count).
     "clip-lora": 12 * 3 * 2 * (768 + 768) + 12 * 3 * 2 * (512 + 512),  # 184,320
     # The linear probe's head on the 512-d projected feature, for the one class `count_parameters` builds
-    # with (513 x C); CLIP-Adapter's bottleneck 512 -> 128 -> 512 without biases (methods-adapters.md).
+    # with (513 x C); CLIP-Adapter's bottleneck 512 -> 128 -> 512 without biases (gaopengcuhk/CLIP-Adapter
+    # @08d07f8 `clip_adapter.py` `Adapter`, there hard-coded to 1024 inputs for RN50).
     "linear-probe": 513,
     "clip-adapter": 2 * 512 * 128,  # 131,072
     "clip-adapter+ln": 2 * 512 * 128 + IMAGE_LAYERNORMS,
@@ -73,7 +78,9 @@ EXPECTED_B16 = {
     "tip-adapter-f": 0,
 }
 PUBLISHED_B16 = {"clipfit": 46_080, "coop": 2_048, "cocoop": 35_360, "kgcoop": 2_048, "maple": 3_555_072}
-PUBLISHED_B16_ROUNDED = {"bitfit-all": "0.17M", "bitfit-text": "67.6K", "bitfit-text-mlp": "30.7K", "bitfit-text-proj": "6.1K"}
+PUBLISHED_B16_ROUNDED = {
+    "bitfit-all": "0.17M", "bitfit-text": "67.6K", "bitfit-text-mlp": "30.7K", "bitfit-text-proj": "6.1K"
+}
 
 
 def colour_batch(n: int = 12, classes: int = 4, size: int = 32, seed: int = 0):
@@ -104,7 +111,7 @@ def save_tiny_adapter(method: Method, path) -> None:
 
 def mean_loss(method: Method, images, labels) -> float:
     with torch.no_grad():
-        return method.training_loss(images, labels)[0].item()
+        return method.training_loss(images, labels).total.item()
 
 
 # The contract's 30 steps at lr 0.005 move most methods' loss; CLIP-Adapter's bottleneck output enters at
@@ -120,16 +127,16 @@ def trained(request):
     frozen_before = {k: v.clone() for k, v in method.clip.state_dict().items()}
     images, labels = colour_batch()
     method.prepare_training()
-    before = mean_loss(method, images, labels) if method.trains else None
+    before = mean_loss(method, images, labels) if method.regime.trains else None
     optim = OptimConfig(epochs=15, batch_size=6, lr=CONTRACT_LR.get(name, 0.005), warmup_epochs=0)
     train(method, torch.utils.data.TensorDataset(images, labels), optim, seed=1, progress=False)
-    after = mean_loss(method, images, labels) if method.trains else None
+    after = mean_loss(method, images, labels) if method.regime.trains else None
     return method, frozen_before, before, after
 
 
 def test_short_training_lowers_the_loss(trained):
     method, _, before, after = trained
-    if not method.trains:
+    if not method.regime.trains:
         assert method.trainable_parameters() == {}
         return
     assert after < before - 0.01, f"{method.name}: loss {before:.4f} -> {after:.4f}"
@@ -142,7 +149,7 @@ def test_only_its_own_tensors_change_and_the_frozen_clip_stays_in_eval_mode(trai
         if key in own:
             continue
         assert torch.equal(value, frozen_before[key]), f"{method.name}: frozen {key} changed"
-    if method.trains:
+    if method.regime.trains:
         changed = [k for k in own if not torch.equal(method.clip.state_dict()[k], frozen_before[k])]
         assert sorted(changed) == sorted(own), f"{method.name}: selected tensors that did not train"
     method.train()
@@ -215,10 +222,11 @@ def test_a_method_that_cannot_classify_new_classes_is_refused_for_base_to_new(eu
     try:
         config = RunConfig(method="test-linear-head", model=TINY_MODEL, pretrained="none", dataset="eurosat",
                            data_root=str(eurosat_root), protocol="base2new")
-        with pytest.raises(ClipFitError, match="test-linear-head.*cannot classify classes it did not train on.*few-shot"):
+        message = "test-linear-head.*cannot classify classes it did not train on.*few-shot"
+        with pytest.raises(ClipFitError, match=message):
             resolve(config)
     finally:
-        del METHODS["test-linear-head"]
+        METHODS.unregister("test-linear-head")
 
 
 def test_a_variant_fixes_its_options():
@@ -247,8 +255,10 @@ def test_learned_prefix_fast_path_equals_the_straightforward_computation_for_coo
     tower = text_tower_or_none(method.clip)
     images, labels = colour_batch(n=7, classes=7)
     results = []
-    for encode in (lambda: method.class_features(),
-                   lambda: F.normalize(encode_with_context(tower, method.prompt_tokens, method.context(), truncate=False), dim=-1)):
+    def straightforward():
+        return F.normalize(encode_with_context(tower, method.prompt_tokens, method.context(), truncate=False), dim=-1)
+
+    for encode in (method.class_features, straightforward):
         method.prompt_learner.ctx.grad = None
         features = encode()
         loss = F.cross_entropy(method.logits(images, features), labels)
@@ -293,11 +303,12 @@ def test_kgcoop_with_lambda_0_equals_coop():
     for name, options in (("kgcoop", {"w": 0.0}), ("coop", {"ctx_init": "a photo of a"})):
         method = build(name, **options)
         with torch.no_grad():
-            method.prompt_learner.ctx.add_(0.1 * torch.randn(method.prompt_learner.ctx.shape, generator=torch.Generator().manual_seed(5)))
+            ctx = method.prompt_learner.ctx
+            ctx.add_(0.1 * torch.randn(ctx.shape, generator=torch.Generator().manual_seed(5)))
         method.prepare_training()
-        loss, _ = method.training_loss(images, labels)
+        loss = method.training_loss(images, labels)
         method.backward(loss, lambda x: x)
-        results.append((loss.item(), method.prompt_learner.ctx.grad.clone()))
+        results.append((loss.total.item(), method.prompt_learner.ctx.grad.clone()))
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1])
 
@@ -308,7 +319,7 @@ def test_kgcoop_distance_is_1_minus_mean_cosine_to_the_hand_crafted_features():
         method.prompt_learner.ctx.add_(0.5)
     method.prepare_training()
     images, labels = colour_batch()
-    _, parts = method.training_loss(images, labels)
+    parts = method.training_loss(images, labels).term_values()
     with torch.no_grad():
         cos = F.cosine_similarity(method.class_features().double(), method.handcrafted_features.double(), dim=-1)
     assert parts["kg"] == pytest.approx(1 - cos.mean().item(), rel=1e-5)
@@ -316,10 +327,10 @@ def test_kgcoop_distance_is_1_minus_mean_cosine_to_the_hand_crafted_features():
 
 def _prograd_gradients(method, images, labels):
     params = list(method.trainable_parameters().values())
-    loss, _ = method.training_loss(images, labels)
-    g_kd = torch.autograd.grad(method._kd, params, retain_graph=True)[0]
-    g_ce = torch.autograd.grad(loss, params)[0]
-    loss, _ = method.training_loss(images, labels)
+    loss = method.training_loss(images, labels)
+    g_kd = torch.autograd.grad(loss.terms["kd"], params, retain_graph=True)[0]
+    g_ce = torch.autograd.grad(loss.total, params)[0]
+    loss = method.training_loss(images, labels)
     params[0].grad = None
     method.backward(loss, lambda x: x)
     return g_ce, g_kd, params[0].grad
@@ -368,18 +379,21 @@ def test_maple_vision_prompts_are_the_coupling_function_of_its_text_prompts(monk
     assert len(prompts) == method.depth == 2  # the tiny CLIP's 2 blocks, all prompted (the paper's 9 on ViT-B/16)
     assert "prompts in all of them" in method.notes[0]
     torch.testing.assert_close(prompts[0], learner.ctx @ learner.proj.weight.t() + learner.proj.bias)
-    for k, (text, coupling) in enumerate(zip(learner.compound_prompts_text, learner.compound_prompt_projections), start=1):
+    couplings = zip(learner.compound_prompts_text, learner.compound_prompt_projections)
+    for k, (text, coupling) in enumerate(couplings, start=1):
         torch.testing.assert_close(prompts[k], text @ coupling.weight.t() + coupling.bias)
 
 
 def test_inherent_parameter_variants_select_by_structure():
     method = build("bitfit-text-mlp")
-    assert all(key.startswith("transformer.") and ".mlp." in key and key.endswith(".bias") for key in method.trainable_parameters())
+    assert all(key.startswith("transformer.") and ".mlp." in key and key.endswith(".bias")
+               for key in method.trainable_parameters())
     method = build("bitfit-all")
     keys = set(method.trainable_parameters())
     assert any(k.startswith("visual.") for k in keys) and any(k.startswith("transformer.") for k in keys)
     assert all(k.endswith(("bias", "in_proj_bias")) for k in keys)
-    assert set(build("ln-only").trainable_parameters()) == {k for k in build("clipfit").trainable_parameters() if k.startswith("visual.")}
+    clipfit_image_side = {k for k in build("clipfit").trainable_parameters() if k.startswith("visual.")}
+    assert set(build("ln-only").trainable_parameters()) == clipfit_image_side
 
 
 def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(eurosat_root, tmp_path):
@@ -387,16 +401,14 @@ def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(euros
     # with no gradient. It cannot name classes it never saw, so base-to-new refuses it.
     class ClassMeans(Method):
         name = "test-class-means"
-        fits = True
-        reads_validation = True
         classifies_unseen_classes = False
+
+        @classmethod
+        def training_regime(cls, config):
+            return Regime(fit=True, optimise=None, views=2)
 
         def add_modules(self):
             self.register_buffer("class_means", torch.zeros(len(self.classnames), self.clip.visual.output_dim))
-
-        @property
-        def feature_views(self):
-            return 2
 
         def fit(self, features, labels, val):
             sums = torch.zeros_like(self.class_means).index_add_(0, labels, features.mean(dim=0))
@@ -410,7 +422,8 @@ def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(euros
     register_method(ClassMeans)
     try:
         config = RunConfig(method="test-class-means", model=TINY_MODEL, pretrained="none", dataset="eurosat",
-                           data_root=str(eurosat_root), protocol="few-shot", shots=4, seeds=[1], out=str(tmp_path / "run"))
+                           data_root=str(eurosat_root), protocol="few-shot", shots=4, seeds=[1],
+                           out=str(tmp_path / "run"))
         summary = api.run(config, progress=False, echo=False)
         accuracy = summary["per_seed"][0]["accuracy"]
         assert accuracy > 50.0  # four colours, four classes: the class means separate them
@@ -420,7 +433,7 @@ def test_a_training_free_fit_runs_through_the_same_runner_and_adapter_file(euros
         log = (tmp_path / "run" / "seed1" / "log.txt").read_text()
         assert "images=16 views=2 val_images=" in log and "16 training images x 2 augmented views encoded once" in log
     finally:
-        del METHODS["test-class-means"]
+        METHODS.unregister("test-class-means")
 
 
 def test_a_format_1_clipfit_adapter_still_loads(tmp_path):
@@ -433,7 +446,8 @@ def test_a_format_1_clipfit_adapter_still_loads(tmp_path):
             p.add_(0.01)
     tensors = {k: v.contiguous() for k, v in method.adapter_state().items()}
     meta = {"format": "clipfit-adapter/1", "clipfit_version": "0.1.0", "model": TINY_MODEL, "pretrained": "none",
-            "method": "clipfit", "method_options": '{"beta": 8.0}', "classnames": '["annual crop", "forest", "herbaceous vegetation", "highway"]',
+            "method": "clipfit", "method_options": '{"beta": 8.0}',
+            "classnames": '["annual crop", "forest", "herbaceous vegetation", "highway"]',
             "template": TEMPLATE, "weights": weights_fingerprint(TINY_MODEL, "none")}
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
     loaded = load_adapter(tmp_path / "old.safetensors")
@@ -474,8 +488,8 @@ def test_options_the_adapter_methods_cannot_use_are_refused(name, options, messa
     ({"iterations": 5}, "coop", "method 'coop' steps its schedule once per epoch"),
 ])
 def test_a_training_length_the_schedule_cannot_take_is_refused(optim, method, message, eurosat_root):
-    config = RunConfig(method=method, model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
-                       optim=OptimConfig(**optim))
+    config = RunConfig(method=method, model=TINY_MODEL, pretrained="none", dataset="eurosat",
+                       data_root=str(eurosat_root), optim=OptimConfig(**optim))
     with pytest.raises(ClipFitError, match=message):
         resolve(config)
 
@@ -496,7 +510,8 @@ def test_load_adapter_takes_a_seed_folder_or_its_file(trained, tmp_path):
 def test_each_method_brings_its_papers_recipe():
     # CoOp COOP.md: 1 shot 50 epochs, 2-4 shots 100, 8-16 shots 200, ImageNet 50; base-to-new (ctxv1) 200.
     coop = get_method("coop")
-    assert [coop.optim_defaults("few-shot", "eurosat", k)["epochs"] for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    epochs = [coop.optim_defaults("few-shot", "eurosat", k)["epochs"] for k in (1, 2, 4, 8, 16)]
+    assert epochs == [50, 100, 100, 200, 200]
     assert coop.optim_defaults("few-shot", "imagenet", 16)["epochs"] == 50
     assert coop.optim_defaults("base2new", "eurosat")["epochs"] == 200
     assert coop.protocol_defaults("base2new", "eurosat") == {"ctx_init": "a photo of a"}
@@ -506,7 +521,9 @@ def test_each_method_brings_its_papers_recipe():
     # CoCoOp: batch 1, 10 epochs; MaPLe: batch 4, lr 0.0035, 5 epochs (cross-dataset: J 3, lr 0.0026, 2 epochs).
     assert get_method("cocoop").optim_defaults("base2new", "eurosat") == {"epochs": 10, "batch_size": 1, "lr": 0.002}
     assert get_method("maple").optim_defaults("base2new", "eurosat") == {"epochs": 5, "batch_size": 4, "lr": 0.0035}
-    assert get_method("maple").optim_defaults("cross-dataset", "imagenet") == {"epochs": 2, "batch_size": 4, "lr": 0.0026}
+    assert get_method("maple").optim_defaults("cross-dataset", "imagenet") == {
+        "epochs": 2, "batch_size": 4, "lr": 0.0026
+    }
     assert get_method("maple").protocol_defaults("cross-dataset", "imagenet") == {"depth": 3}
     # ProGrad: its own template initialises the context; lam 0.8 for 8/16 shots on Flowers102, DTD, EuroSAT.
     prograd = get_method("prograd")
@@ -521,7 +538,9 @@ def test_mini_tasks_whose_class_a_small_crop_loses_say_so_in_their_spec(tmp_path
     from clipfit import data
     from clipfit.runner import training_crop_scale
 
-    for task, low in (("mini_digits", 0.5), ("mini_letters", 0.5), ("mini_shapes", 0.5), ("mini_colors", 0.08), ("mini_textures", 0.08)):
+    lowest = (("mini_digits", 0.5), ("mini_letters", 0.5), ("mini_shapes", 0.5), ("mini_colors", 0.08),
+              ("mini_textures", 0.08))
+    for task, low in lowest:
         assert data.get_spec(task).min_crop_area == low
         assert training_crop_scale(RunConfig(dataset=task)) == (low, 1.0)
     assert data.get_spec("eurosat").min_crop_area == 0.08

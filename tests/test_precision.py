@@ -28,9 +28,10 @@ import torch.nn.functional as F
 
 from clipfit import data
 from clipfit.backbone import load_backbone, text_mlp_output_projections
-from clipfit.config import RunConfig, validate
-from clipfit.engine import PRECISIONS, OptimConfig, apply_precision, autocast, predict_logits, train
+from clipfit.config import PRECISIONS, OptimConfig, RunConfig, validate
+from clipfit.engine import predict_logits, train
 from clipfit.methods import build_method
+from clipfit.precision import apply_precision, autocast
 
 TASK = "mini_textures"
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8, "fp16": 2.0**-11, "fp16-reference": 2.0**-11}
@@ -51,7 +52,8 @@ def method_and_batch(splits, precision: str, regularizer: str = "kd", n: int = 8
     dataset = data.ImageDataset(splits.train, data.test_transform(p.image_size, p.mean, p.std))
     images = torch.stack([dataset[i][0] for i in range(n)])
     labels = torch.tensor([dataset[i][1] for i in range(n)])
-    method = build_method("clipfit", backbone, splits.classnames, splits.template, {"beta": 8.0, "regularizer": regularizer})
+    method = build_method("clipfit", backbone, splits.classnames, splits.template,
+                          {"beta": 8.0, "regularizer": regularizer})
     apply_precision(method, precision)
     with autocast(CPU, precision):  # as the engine computes the distillation target
         method.prepare_training()
@@ -62,7 +64,7 @@ def first_step(splits, precision: str):
     """(parts of the first step's loss, float64 image features, class features, logit scale)."""
     method, images, labels = method_and_batch(splits, precision)
     with autocast(CPU, precision):
-        _, parts = method.training_loss(images, labels)
+        parts = method.training_loss(images, labels).term_values()
         # With autograd on, as in the step (without it, attention may take another kernel: fp16 MHA's fast path).
         image = method.encode_images(images).detach().double()
         text = method.class_features().detach().double()
@@ -116,8 +118,10 @@ def test_first_step_loss_terms_equal_fp32_within_the_derived_tolerance(base_spli
     assert parts["kd"] == parts32["kd"] == 0.0
 
 
-@pytest.mark.parametrize("precision,regularizer", [("fp32", "kd"), ("bf16", "kd"), ("fp16", "kd"), ("fp16-reference", "kd"),
-                                                   ("bf16", "bias-mse")])
+@pytest.mark.parametrize(
+    "precision,regularizer",
+    [("fp32", "kd"), ("bf16", "kd"), ("fp16", "kd"), ("fp16-reference", "kd"), ("bf16", "bias-mse")],
+)
 def test_no_loss_term_is_ever_negative_in_training(base_splits, precision, regularizer):
     method, _, _ = method_and_batch(base_splits, precision, regularizer)
     p = method.backbone.preprocess
@@ -126,9 +130,9 @@ def test_no_loss_term_is_ever_negative_in_training(base_splits, precision, regul
     inner = method.training_loss
 
     def recorded(images, labels):
-        loss, parts = inner(images, labels)
-        steps.append({"loss": loss.item(), **parts})
-        return loss, parts
+        loss = inner(images, labels)
+        steps.append({"loss": loss.total.item(), **loss.term_values()})
+        return loss
 
     method.training_loss = recorded
     history = train(method, dataset, OptimConfig(epochs=3, batch_size=4, warmup_epochs=0, lr=0.05), seed=1,
@@ -153,7 +157,8 @@ def test_fp16_scales_the_loss_with_a_grad_scaler(base_splits, monkeypatch):
     method, _, _ = method_and_batch(base_splits, "fp16")
     p = method.backbone.preprocess
     dataset = data.ImageDataset(base_splits.train[:4], data.test_transform(p.image_size, p.mean, p.std))
-    train(method, dataset, OptimConfig(epochs=1, batch_size=4, warmup_epochs=0), seed=1, progress=False, precision="fp16")
+    train(method, dataset, OptimConfig(epochs=1, batch_size=4, warmup_epochs=0), seed=1, progress=False,
+          precision="fp16")
     assert len(scaled) == 1
     assert all(p.dtype == torch.float32 for p in method.trainable_parameters().values())
 
@@ -163,7 +168,8 @@ def test_fp16_reference_holds_the_clip_in_fp16_and_trains_the_text_biases_in_fp1
     clip = method.clip
     linears = text_mlp_output_projections(clip)
     assert all(linear.weight.dtype == torch.float16 and linear.bias.dtype == torch.float16 for linear in linears)
-    assert all(p.dtype == torch.float32 for p in method.image_norms.values())  # LayerNorms stay fp32, as in OpenAI's CLIP
+    # LayerNorms stay fp32, as in OpenAI's CLIP.
+    assert all(p.dtype == torch.float32 for p in method.image_norms.values())
     assert clip.logit_scale.dtype == torch.float32
     p = method.backbone.preprocess
     dataset = data.ImageDataset(base_splits.train[:4], data.test_transform(p.image_size, p.mean, p.std))

@@ -144,8 +144,8 @@ def test_zero_shot_is_a_method_with_no_training(eurosat_root, tmp_path):
 
 def test_imagefolder_few_shot_from_python(image_folder, tmp_path):
     config = api.RunConfig(method="clipfit", model=TINY_MODEL, pretrained="none", dataset="imagefolder",
-                           data_root=str(image_folder), protocol="few-shot", shots=2, seeds=[1], optim=api.OptimConfig(epochs=1),
-                           out=str(tmp_path / "mine"))
+                           data_root=str(image_folder), protocol="few-shot", shots=2, seeds=[1],
+                           optim=api.OptimConfig(epochs=1), out=str(tmp_path / "mine"))
     summary = api.run(config, progress=False, echo=False)
     assert summary["per_seed"][0]["accuracy_n"] > 0
     assert summary["per_seed"][0]["trainable_parameters"] > 0

@@ -1,6 +1,8 @@
-"""The training recipe around the loss, rule by rule, as Dassl runs it for CoOp and CLIPFit (NOTES.md,
-"Training loop, as Dassl runs it"): schedule, batches per epoch, few-shot images, augmentation, frozen
-modules, the distillation target, averages, method defaults, and the recipe version runs record."""
+"""The training recipe around the loss, rule by rule, as Dassl runs it for CoOp and CLIPFit (KaiyangZhou/
+Dassl.pytorch @c61a1b5 `dassl/optim/lr_scheduler.py`, `dassl/data/data_manager.py`, with the settings of
+minglllli/CLIPFit @4dde049 `configs/trainers/ClipFit/vit_b16.yaml`): schedule, batches per epoch, few-shot
+images, augmentation, frozen modules, the distillation target, averages, method defaults, and the recipe
+version runs record."""
 
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from torchvision import transforms as T
 from clipfit import api, data
 from clipfit.backbone import Preprocess, load_backbone
 from clipfit.cli import main
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, complete, lr_at, lr_at_epoch, train
+from clipfit.config import OptimConfig, RunConfig, complete
+from clipfit.engine import lr_at, lr_at_epoch, train
 from clipfit.errors import ClipFitError
 from clipfit.methods import build_method, get_method
 from clipfit.protocols import harmonic_mean
 from clipfit.runner import RECIPE_VERSION, image_datasets, resolve, summarize
-from clipfit.tables import MiniWorldTableConfig, to_markdown
+from clipfit_world.tables import MiniWorldTableConfig, to_markdown
 
 from conftest import TINY_MODEL, write_image
 
@@ -53,7 +55,7 @@ def test_schedule_for_10_epochs_is_dassls_warmup_then_cosine_counted_from_the_en
     optim = OptimConfig(epochs=10)
     lrs = [lr_at_epoch(optim, e) for e in range(10)]
     assert lrs == pytest.approx(expected, abs=1e-10)
-    assert sum(lrs) == pytest.approx(0.010961, abs=1e-6)  # NOTES.md; the old schedule summed to 0.00901
+    assert sum(lrs) == pytest.approx(0.010961, abs=1e-6)  # Dassl's warm-up + cosine; the old one: 0.00901
 
 
 @pytest.mark.parametrize("warmup", [0, 1, 2])
@@ -95,9 +97,13 @@ def test_a_budget_of_iterations_runs_that_many_adamw_steps_across_epochs(monkeyp
     method = tiny_clipfit()
     lrs = []
     real = torch.optim.AdamW.step
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: lrs.append(self.param_groups[0]["lr"]) or real(self, *a, **k))
-    optim = OptimConfig(iterations=7, batch_size=8, lr=0.01, optimizer="adamw", schedule="cosine-iterations", warmup_epochs=0,
-                        eps=1e-4, weight_decay=0.01)
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    optim = OptimConfig(iterations=7, batch_size=8, lr=0.01, optimizer="adamw", schedule="cosine-iterations",
+                        warmup_epochs=0, eps=1e-4, weight_decay=0.01)
     history = train(method, random_images(16), optim, seed=1, progress=False)  # 2 steps per epoch: 4 epochs, 7 steps
     assert len(lrs) == 7 and [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert lrs == pytest.approx([0.005 * (1 + math.cos(math.pi * t / 7)) for t in range(7)])
@@ -118,7 +124,8 @@ def test_training_drops_the_last_partial_batch_when_the_set_holds_a_full_one(ima
     sizes = []
     real = method.training_loss
     monkeypatch.setattr(method, "training_loss", lambda x, y: sizes.append(len(y)) or real(x, y))
-    train(method, random_images(images), OptimConfig(epochs=1, batch_size=batch_size, warmup_epochs=0), seed=1, progress=False)
+    optim = OptimConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
+    train(method, random_images(images), optim, seed=1, progress=False)
     assert len(sizes) == steps
     assert sizes == [min(batch_size, images)] * steps
 
@@ -254,9 +261,10 @@ def test_a_resnet_towers_batchnorm_statistics_do_not_move_during_training():
 
 def test_a_resnet_run_is_rebuilt_from_its_folder_with_the_accuracy_it_measured(eurosat_root, tmp_path):
     out = tmp_path / "rn"
-    metrics = api.run(RunConfig(model=TINY_RESNET, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
-                                protocol="base2new", shots=4, seeds=[1], optim=OptimConfig(epochs=2, batch_size=4, lr=0.5),
-                                out=str(out)), progress=False, echo=False)["per_seed"][0]
+    config = RunConfig(model=TINY_RESNET, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
+                       protocol="base2new", shots=4, seeds=[1], optim=OptimConfig(epochs=2, batch_size=4, lr=0.5),
+                       out=str(out))
+    metrics = api.run(config, progress=False, echo=False)["per_seed"][0]
     again = api.evaluate_run(out / "seed1", progress=False)
     assert (again["base"], again["new"]) == (metrics["base"], metrics["new"])
 
@@ -305,7 +313,8 @@ def test_the_papers_average_hm_is_the_hm_of_the_mean_base_and_mean_new():
 
 def test_summary_hm_over_seeds_is_the_hm_of_the_means_and_keeps_the_per_seed_values():
     config = RunConfig(protocol="base2new", seeds=[1, 2], out="x")
-    per_seed = [{"seed": 1, "base": 80.0, "new": 40.0, "hm": 160 / 3}, {"seed": 2, "base": 60.0, "new": 80.0, "hm": 480 / 7}]
+    per_seed = [{"seed": 1, "base": 80.0, "new": 40.0, "hm": 160 / 3},
+                {"seed": 2, "base": 60.0, "new": 80.0, "hm": 480 / 7}]
     summary = summarize(config, per_seed)
     # HM(70, 60) = 2 * 70 * 60 / 130 = 64.615; the mean of the per-seed HMs would be 60.95.
     assert summary["mean"] == pytest.approx({"base": 70.0, "new": 60.0, "hm": 8400 / 130})
@@ -320,7 +329,8 @@ def test_table_mean_row_hm_is_the_hm_of_the_mean_base_and_mean_new_over_tasks():
                 "methods": {"clipfit": {"mean": {"base": base, "new": new, "hm": harmonic_mean(base, new)},
                                         "std": {"base": 0.0, "new": 0.0, "hm": 0.0}, "seconds": 1.0}}}
 
-    lines = to_markdown(MiniWorldTableConfig(seeds=[1]), [row("mini_a", 80.0, 40.0), row("mini_b", 60.0, 80.0)]).splitlines()
+    rows = [row("mini_a", 80.0, 40.0), row("mini_b", 60.0, 80.0)]
+    lines = to_markdown(MiniWorldTableConfig(seeds=[1]), rows).splitlines()
     assert "HM of the mean Base and New" in lines[0]
     assert lines[-1].endswith("| 70.0 / 60.0 / 64.6 |")  # the mean of the two HMs would be 61.0
 
@@ -373,8 +383,10 @@ def test_an_old_recipe_run_of_another_setting_is_refused_not_overwritten(eurosat
     del metrics["recipe"]
     metrics_file.write_text(json.dumps(metrics))
     summary_file = tmp_path / "run" / "summary.json"  # and a summary as written before it named its setting
-    summary_file.write_text(json.dumps({k: v for k, v in json.loads(summary_file.read_text()).items() if k != "setting"}))
-    with pytest.raises(ClipFitError, match=r"seed1: holds a finished run with a different config \(differs in: shots\)"):
+    old_summary = {k: v for k, v in json.loads(summary_file.read_text()).items() if k != "setting"}
+    summary_file.write_text(json.dumps(old_summary))
+    message = r"seed1: holds a finished run with a different config \(differs in: shots\)"
+    with pytest.raises(ClipFitError, match=message):
         api.run(dataclasses.replace(config, shots=4), progress=False, echo=False)
     assert json.loads(metrics_file.read_text()) == metrics
     assert "setting" not in json.loads(summary_file.read_text())

@@ -1,8 +1,8 @@
 """CLIPFit against the official implementation's own numbers, stored in `tests/data/`.
 
 How the data was made (2026-11-30): the official CLIPFit code (minglllli/CLIPFit at commit 4dde049,
-its `trainers/ClipFit.py` `CustomCLIP` and `clip/model.py`) was run on CPU in fp32 by a variant of
-`shared/reference/make_reference_clipfit.py` whose one change is the base weights: an OpenAI-layout
+its `trainers/ClipFit.py` `CustomCLIP` and `clip/model.py`) was run on CPU in fp32 by a script that
+builds that `CustomCLIP` unchanged (`.cuda()` made the identity) on other base weights: an OpenAI-layout
 ViT-B/32 filled by `reference_clip.random_openai_state_dict(seed=0)`, which this test rebuilds bit for
 bit. The script moves the 64 trainable tensors away from their pretrained values (the stored `tuned/*`),
 runs one batch of 8 images (`torch.manual_seed(1); torch.randn(8, 3, 224, 224)`, labels stored) against
@@ -29,7 +29,8 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="module")
 def reference():
-    return json.loads((DATA / "clipfit_reference_vitb32.json").read_text()), load_file(str(DATA / "clipfit_reference_vitb32.safetensors"))
+    meta = json.loads((DATA / "clipfit_reference_vitb32.json").read_text())
+    return meta, load_file(str(DATA / "clipfit_reference_vitb32.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def ours(reference):
     method.prepare_training()  # the distillation target comes from the pretrained values, not the tuned ones
     torch.manual_seed(1)
     images = torch.randn(8, 3, 224, 224)
-    loss, parts = method.training_loss(images, tensors["labels"])
+    loss = method.training_loss(images, tensors["labels"])
+    parts, loss = loss.term_values(), loss.total
     loss.backward()
     with torch.no_grad():
         logits = method.logits(images, method.class_features())

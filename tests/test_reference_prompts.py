@@ -1,6 +1,6 @@
 """CoOp, CoCoOp, KgCoOp, ProGrad and MaPLe against their official implementations' own numbers.
 
-How the data was made (2026-11-30): `shared/reference/make_reference_prompts.py` ran the official code
+How the data was made (2026-11-30): a script ran the official code
 (KaiyangZhou/CoOp @ff61507 `trainers/coop.py`, `trainers/cocoop.py`; htyao89/KgCoOp @c43ccc3;
 BeierZhu/Prompt-align @1b76203 `ProGrad.public/trainers/prograd.py` with its Dassl fork's
 `prograd_backward_and_update`; muzairkhattak/multimodal-prompt-learning @69bce21 `trainers/maple.py` and
@@ -15,7 +15,8 @@ with the template "a centered satellite photo of {}.". Stored: the tokenized pro
 method's extra term (KgCoOp's 1 - cos score with W 8, ProGrad's KD loss and the separate CE and KD
 gradients), and the gradient every trainable tensor gets (ProGrad: the one its trainer applies), in full
 up to 40,000 elements, else 2,048 evenly spaced elements and the norm (MaPLe's couplings). MaPLe's main
-result disables the official code's fp16 casts of its prompts (the reference README explains why). Only
+result disables the official code's fp16 casts of its prompts (its `clip/model.py` casts them to half
+inside the forward even in an fp32 run, so the case would not be fp32 like the others). Only
 these numbers are committed, never the official code.
 
 Both stored ProGrad cases have CE and KD gradients that agree (cos 0.21 and 0.45), as did 27 other seeds
@@ -83,7 +84,7 @@ def official_values(case: dict) -> dict[str, torch.Tensor]:
     return values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_case(name: str):
     """(case name, its stored record, our method, loss, parts, logits, images) on the reference batch and
     learnable values, computed once per case."""
@@ -101,10 +102,11 @@ def run_case(name: str):
     method.train()
     torch.manual_seed(1)
     images = torch.randn(8, 3, 224, 224)
-    loss, parts = method.training_loss(images, stored["labels"])
+    result = method.training_loss(images, stored["labels"])
     for p in params.values():
         p.grad = None
-    method.backward(loss, lambda x: x)
+    method.backward(result, lambda x: x)
+    loss, parts = result.total, result.term_values()
     with torch.no_grad():
         logits = method.logits(images, method.classifier())
     return name, case, method, loss, parts, logits, images
@@ -144,7 +146,8 @@ def test_extra_terms_equal_the_official_ones(ours, stored):
     name, case, method, loss, parts, *_ = ours
     if case["method"] == "kgcoop":
         assert parts["kg"] == pytest.approx(case["extra"]["kg_score"], rel=1e-4)
-        assert_close_rel(method.handcrafted_features, stored["kgcoop/text_features_handcrafted"], 1e-5, "hand-crafted features")
+        assert_close_rel(method.handcrafted_features, stored["kgcoop/text_features_handcrafted"], 1e-5,
+                         "hand-crafted features")
     elif case["method"] == "prograd":
         assert parts["kd"] == pytest.approx(case["extra"]["kl_loss"], rel=2e-5)
     else:
@@ -172,9 +175,9 @@ def test_gradients_equal_the_official_ones(ours, stored):
 def test_prograd_combines_the_official_ce_and_kd_gradients(case_name, stored):
     name, case, method, loss, parts, logits, images = run_case(case_name)
     params = method.trainable_parameters()
-    loss, _ = method.training_loss(images, stored["labels"])
-    g_kd = torch.autograd.grad(method._kd, list(params.values()), retain_graph=True)
-    g_ce = torch.autograd.grad(loss, list(params.values()))
+    loss = method.training_loss(images, stored["labels"])
+    g_kd = torch.autograd.grad(loss.terms["kd"], list(params.values()), retain_graph=True)
+    g_ce = torch.autograd.grad(loss.total, list(params.values()))
     for (key, _), ce, kd in zip(params.items(), g_ce, g_kd):
         n = key[len("method."):]
         assert_close_rel(ce, stored[f"{name}/grad_ce/{n}"], 1e-4, f"CE gradient of {n}")

@@ -105,10 +105,11 @@ def run(variant: str):
     method = build(variant, "vision")
     x = images()
     features = method.encode_images(x)
-    loss, parts = method.feature_loss(features, stored_outputs()["labels"].long())
+    result = method.feature_loss(features, stored_outputs()["labels"].long())
     for p in method.trainable_parameters().values():
         p.grad = None
-    method.backward(loss, lambda t: t)
+    method.backward(result, lambda t: t)
+    loss, parts = result.total, result.term_values()
     with torch.no_grad():
         logits = method.logits(x, method.classifier())
     return method, features.detach(), loss, parts, logits

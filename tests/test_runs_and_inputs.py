@@ -22,8 +22,7 @@ from PIL import Image
 
 from clipfit import api
 from clipfit.cli import main
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig
+from clipfit.config import OptimConfig, RunConfig
 from clipfit.errors import ClipFitError
 from clipfit.runner import resolve
 
@@ -72,8 +71,11 @@ def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: lock_held(out / ".seed1.lock"))
-        same, other = [subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", "1", "--epochs", epochs)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for epochs in ("600", "3")]
+        same, other = [
+            subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", "1", "--epochs", epochs)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for epochs in ("600", "3")
+        ]
         for proc in (same, other):
             proc.stdout, proc.stderr = proc.communicate(timeout=600)
         assert slow.poll() is None, "the first run must still be training for this test to mean anything"
@@ -119,7 +121,9 @@ def test_a_killed_run_leaves_no_lock_and_no_finished_looking_seed(eurosat_root, 
 
 # 2. A seed is finished only when its last file is written, and its files belong together -------------
 
-def test_an_interrupted_overwrite_leaves_a_seed_that_eval_predict_and_reruns_refuse(eurosat_root, tmp_path, monkeypatch):
+def test_an_interrupted_overwrite_leaves_a_seed_that_eval_predict_and_reruns_refuse(
+    eurosat_root, tmp_path, monkeypatch
+):
     import clipfit.runner as runner
 
     out = tmp_path / "run"
@@ -182,7 +186,8 @@ def test_a_damaged_file_in_a_run_folder_is_one_line_naming_it(eurosat_root, tmp_
         main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in err
-    assert err.startswith(f"clipfit: error: {damaged}: damaged") or err.startswith(f"clipfit: error: {damaged}: not valid JSON")
+    assert err.startswith((f"clipfit: error: {damaged}: damaged",
+                           f"clipfit: error: {damaged}: not valid JSON"))
     if name != "summary.json":
         with pytest.raises(SystemExit):
             main(["eval", "--run", str(out / "seed1"), "--no-progress"])
@@ -204,7 +209,8 @@ def test_a_run_recorded_before_the_optimiser_fields_existed_is_reused(eurosat_ro
     out = tmp_path / "run"
     main(train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1"))
     new_fields = ("optimizer", "schedule", "iterations", "min_lr", "eps")
-    config_file, metrics_file, summary_file = out / "seed1" / "config.json", out / "seed1" / "metrics.json", out / "summary.json"
+    config_file, metrics_file = out / "seed1" / "config.json", out / "seed1" / "metrics.json"
+    summary_file = out / "summary.json"
     config = json.loads(config_file.read_text())
     assert config["optim"]["optimizer"] == "sgd" and config["optim"]["schedule"] == "cosine-epochs"
     for key in new_fields:
@@ -274,7 +280,7 @@ def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(eurosat_roo
 
 
 def test_half_drawn_mini_tasks_of_killed_generations_are_removed(tmp_path):
-    from clipfit.world.tasks import generate_task
+    from clipfit_world.tasks import generate_task
 
     orphan = tmp_path / f".mini_colors.tmp-{dead_pid()}"
     (orphan / "images").mkdir(parents=True)
@@ -284,7 +290,7 @@ def test_half_drawn_mini_tasks_of_killed_generations_are_removed(tmp_path):
 
 
 def test_a_damaged_task_marker_redraws_the_task(tmp_path):
-    from clipfit.world.tasks import VERSION_FILE, generate_task
+    from clipfit_world.tasks import VERSION_FILE, generate_task
 
     folder = generate_task("mini_colors", tmp_path)
     (folder / VERSION_FILE).write_text("{not json")
@@ -330,12 +336,16 @@ def test_results_respect_the_umask_so_colleagues_can_read_them(eurosat_root, tmp
     (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
     (["--batch-size", "0"], "batch-size must be a whole number >= 1, got 0"),
     (["--seeds", str(2**40)], f"seed must be a whole number from 0 to {2**32 - 1}, got {2**40}"),
-    (["--template", "a {} of {}"], "prompt template 'a {} of {}' must have exactly one '{}' for the class name, and it has 2 '{}'"),
-    (["--template", "a {name}"], "prompt template 'a {name}' must have exactly one '{}' for the class name, and it has a named field {name}"),
+    (["--template", "a {} of {}"],
+     "prompt template 'a {} of {}' must have exactly one '{}' for the class name, and it has 2 '{}'"),
+    (["--template", "a {name}"],
+     "prompt template 'a {name}' must have exactly one '{}' for the class name, and it has a named field {name}"),
     (["--image-cache-mb", "-1"], "image_cache_mb must be a whole number >= 0, got -1"),
-    (["--device", "gpu7"], "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7' (available here: cpu)"),
+    (["--device", "gpu7"],
+     "device must be auto, cpu, cuda, cuda:N or another torch device, got 'gpu7' (available here: cpu)"),
     (["--pretrained", ""], "pretrained must be an open_clip tag, a checkpoint file, 'builtin' or 'none', got ''"),
-    (["--num-workers", "100000"], f"num_workers must be at most {4 * (os.cpu_count() or 1)} (4 per CPU core), got 100000"),
+    (["--num-workers", "100000"],
+     f"num_workers must be at most {4 * (os.cpu_count() or 1)} (4 per CPU core), got 100000"),
     (["--option", "beta=nan"], "method clipfit: beta must be a finite number >= 0, got nan"),
     (["--option", "beta=1", "--option", "beta=2"], "--option beta is given more than once"),
     (["--option", "regularizer=3"], "method 'clipfit': option: field 'regularizer' must be a string, got 3"),
@@ -359,7 +369,8 @@ def test_a_device_this_machine_lacks_is_one_line_in_every_command(eurosat_root, 
         with pytest.raises(SystemExit):
             main(command)
         err = capsys.readouterr().err.strip()
-        assert err.startswith("clipfit: error: device") and f"'{device}'" in err and err.endswith("(available here: cpu)")
+        assert err.startswith("clipfit: error: device") and f"'{device}'" in err
+        assert err.endswith("(available here: cpu)")
     assert not (tmp_path / "other").exists()
 
 
@@ -385,7 +396,8 @@ def test_training_stops_at_the_first_non_finite_step_and_writes_no_result(eurosa
     err = capsys.readouterr().err
     # Epoch 1 is the warm-up at 1e-5; the first step at lr 1e38 throws the parameters far enough for the
     # next loss (or the parameters themselves) to overflow.
-    assert re.search(r"^clipfit: error: training diverged: .* at epoch 2, step [12] \(lr 1e\+38\); no result is written$", err.strip())
+    assert re.search(r"^clipfit: error: training diverged: .* at epoch 2, step [12] \(lr 1e\+38\); "
+                     r"no result is written$", err.strip())
     assert not (out / "seed1" / "metrics.json").exists() and not (out / "seed1" / "adapter.safetensors").exists()
     assert "training diverged" in (out / "seed1" / "log.txt").read_text()
 
@@ -395,7 +407,8 @@ def test_training_stops_at_the_first_non_finite_step_and_writes_no_result(eurosa
 def test_the_legacy_cache_field_is_type_checked_and_cannot_contradict_its_successor():
     with pytest.raises(ClipFitError, match=r"field 'cache_images' must be true or false, got \"yes\""):
         RunConfig.from_dict({"cache_images": "yes"})
-    with pytest.raises(ClipFitError, match=r"fields 'cache_images' \(written by an earlier version\) and 'image_cache' are both given"):
+    message = r"fields 'cache_images' \(written by an earlier version\) and 'image_cache' are both given"
+    with pytest.raises(ClipFitError, match=message):
         RunConfig.from_dict({"cache_images": True, "image_cache": "none"})
 
 
@@ -429,7 +442,8 @@ def test_a_config_file_with_a_wrong_type_is_refused_naming_the_field(tmp_path, c
 def test_a_prompt_longer_than_the_context_is_refused_naming_the_class(eurosat_root, tmp_path, capsys):
     long_name = " ".join(["very"] * 80) + " long class"
     with pytest.raises(SystemExit):
-        main(train_args(eurosat_root, tmp_path / "run", "--template", "a centered satellite photo of {} " + long_name + "."))
+        template = "a centered satellite photo of {} " + long_name + "."
+        main(train_args(eurosat_root, tmp_path / "run", "--template", template))
     err = capsys.readouterr().err
     assert "class 'annual crop': prompt 'a centered satellite photo of annual crop very very" in err
     # 7 words of the template and class, 80 "very", "long class ." and the start and end tokens: 92.
@@ -477,7 +491,8 @@ def test_draws_of_a_read_only_dataset_go_to_the_users_cache_and_are_shared(euros
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     dataset = eurosat_root / "eurosat"
     real_access = os.access
-    monkeypatch.setattr(runner.os, "access", lambda p, mode: False if Path(p).is_relative_to(dataset) else real_access(p, mode))
+    monkeypatch.setattr(runner.os, "access",
+                        lambda p, mode: False if Path(p).is_relative_to(dataset) else real_access(p, mode))
     main(train_args(eurosat_root, tmp_path / "a", "--seeds", "1", "--epochs", "1"))
     main(train_args(eurosat_root, tmp_path / "b", "--seeds", "1", "--epochs", "1", "--method", "zeroshot"))
     cached = list((tmp_path / "home" / ".cache" / "clipfit" / "fewshot").rglob("shot_2-seed_1.json"))
@@ -485,7 +500,8 @@ def test_draws_of_a_read_only_dataset_go_to_the_users_cache_and_are_shared(euros
 
 
 def test_cache_dir_puts_the_draws_where_asked(eurosat_root, tmp_path):
-    main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1", "--cache-dir", str(tmp_path / "draws")))
+    main(train_args(eurosat_root, tmp_path / "run", "--seeds", "1", "--epochs", "1",
+                    "--cache-dir", str(tmp_path / "draws")))
     assert (tmp_path / "draws" / "shot_2-seed_1.json").is_file()
 
 
@@ -506,7 +522,8 @@ def test_imagefolder_without_a_data_root_is_refused():
 # Random configs: a valid run config or one clear error, never a traceback ------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=6,
 )
@@ -530,13 +547,15 @@ def test_any_config_is_a_valid_run_config_or_one_clear_error(fields, optim):
         assert str(err) and "\n" not in str(err)
         assert "None" not in str(err) or "None" in json.dumps(data)  # a missing value is never shown as None
         return
-    assert (config.optim.epochs or config.optim.iterations) >= 1 and config.optim.lr > 0 and math.isfinite(config.optim.lr)
+    assert (config.optim.epochs or config.optim.iterations) >= 1
+    assert config.optim.lr > 0 and math.isfinite(config.optim.lr)
     assert config.shots >= 0 and len(set(config.seeds)) == len(config.seeds) >= 1
     assert config.template.count("{}") >= 1 and isinstance(config.hflip, bool)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["--epochs", "--shots", "--lr", "--batch-size", "--seeds", "--image-cache-mb", "--beta"]),
+@given(st.lists(st.sampled_from(["--epochs", "--shots", "--lr", "--batch-size", "--seeds", "--image-cache-mb",
+                                 "--beta"]),
                 min_size=1, max_size=3),
        st.lists(st.one_of(st.integers(-5, 2**40).map(str), st.sampled_from(["nan", "inf", "-0", "1e999", "x", ""])),
                 min_size=3, max_size=3))
@@ -555,7 +574,8 @@ def test_any_command_line_values_are_a_run_or_one_clear_error(flags, values):
         resolved.append(resolve(config))
         return {"out": resolved[-1].out}
 
-    with mock.patch.object(clipfit_api, "run", validate_only), mock.patch.object(report, "print_summary", lambda summary: None):
+    with (mock.patch.object(clipfit_api, "run", validate_only),
+          mock.patch.object(report, "print_summary", lambda summary: None)):
         try:
             main(args)
         except SystemExit as exit_info:
@@ -584,7 +604,8 @@ def test_an_unreadable_test_image_stops_the_run_before_training(eurosat_root, tm
 def test_an_empty_test_split_stops_the_run_before_training(eurosat_root, tmp_path, capsys):
     split_file = eurosat_root / "eurosat" / "split_zhou_EuroSAT.json"
     split = json.loads(split_file.read_text())
-    split_file.write_text(json.dumps({**split, "test": [row for row in split["test"] if row[1] < 2]}))  # new: labels 2, 3
+    # New classes (labels 2, 3) leave the test split.
+    split_file.write_text(json.dumps({**split, "test": [row for row in split["test"] if row[1] < 2]}))
     with pytest.raises(SystemExit):
         main(train_args(eurosat_root, tmp_path / "run", "--protocol", "base2new", "--seeds", "1", "--epochs", "1"))
     err = capsys.readouterr().err.strip()
@@ -593,12 +614,13 @@ def test_an_empty_test_split_stops_the_run_before_training(eurosat_root, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-# Issue 11: the command line as users meet it ------------------------------------------------------------
+# The command line as a new user meets it: help lines, defaults, one-line errors, commands that exist ----
 
 def test_zero_shot_on_a_test_only_dataset_needs_no_draw_and_notes_what_it_ignores(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
     main(["train", "--method", "zeroshot", "--model", "mini-clip", "--pretrained", "builtin", "--dataset",
-          "mini_shapes_sketch", "--epochs", "5", "--beta", "2", "--seeds", "1", "--no-progress", "--out", str(tmp_path / "run")])
+          "mini_shapes_sketch", "--epochs", "5", "--beta", "2", "--seeds", "1", "--no-progress",
+          "--out", str(tmp_path / "run")])
     captured = capsys.readouterr()
     assert "clipfit: note: zeroshot does not train; ignoring --epochs, --beta" in captured.err
     assert json.loads((tmp_path / "run" / "seed1" / "metrics.json").read_text())["accuracy_n"] == 300
@@ -608,15 +630,18 @@ def test_zero_shot_on_a_test_only_dataset_needs_no_draw_and_notes_what_it_ignore
 def test_the_cli_imports_no_torch_until_a_command_needs_it():
     code = ("import sys, clipfit.cli; from clipfit.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_train_without_a_dataset_says_it_is_required(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         main(["train"])
-    assert capsys.readouterr().err.strip() == ("clipfit: error: --dataset is required (a name from `clipfit data list`, "
-                                               "'imagefolder' or 'csv'), or a --config that names one")
+    assert capsys.readouterr().err.strip() == (
+        "clipfit: error: --dataset is required (a name from `clipfit data list`, 'imagefolder' or 'csv'), "
+        "or a --config that names one"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -633,13 +658,17 @@ def all_parsers(parser, path=()):
 def test_every_option_of_every_command_has_a_help_line():
     from clipfit.cli import build_parser
 
-    missing = [f"{' '.join(path)} {action.option_strings or action.dest}" for path, parser in all_parsers(build_parser())
-               for action in parser._actions if not action.help]
+    missing = [
+        f"{' '.join(path)} {action.option_strings or action.dest}"
+        for path, parser in all_parsers(build_parser())
+        for action in parser._actions
+        if not action.help
+    ]
     assert missing == []
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["demo"], ["table", "mini-world"], ["params"],
-                                     ["models"], ["methods"], ["data", "check"], ["data", "list"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["demo"], ["table", "mini-world"],
+                                     ["params"], ["models"], ["methods"], ["data", "check"], ["data", "list"]])
 def test_every_help_shows_defaults_and_cites_no_file_users_lack(command, capsys):
     with pytest.raises(SystemExit):
         main([*command, "--help"])
@@ -666,7 +695,8 @@ def test_the_demo_refuses_a_test_only_task_and_keeps_each_task_in_its_folder(tmp
     monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
     with pytest.raises(SystemExit):
         main(["demo", "--task", "mini_shapes_sketch", "--out", str(tmp_path / "demo")])
-    assert "demo task 'mini_shapes_sketch' is a test-only domain of mini_shapes (no training images)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "demo task 'mini_shapes_sketch' is a test-only domain of mini_shapes (no training images)" in err
     main(["demo", "--task", "mini_colors", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out
     assert (tmp_path / "demo" / "mini_colors" / "clipfit" / "seed1" / "metrics.json").is_file()
@@ -745,12 +775,13 @@ def test_zero_shot_runs_of_any_shots_are_one_setting(tmp_path, monkeypatch, caps
 
 
 def test_data_check_points_at_the_right_root_and_at_paths_of_the_wrong_kind(tmp_path, capsys, monkeypatch):
-    from clipfit.world.tasks import generate_task
+    from clipfit_world.tasks import generate_task
 
     folder = generate_task("mini_colors", tmp_path / "data")
     with pytest.raises(SystemExit):
         main(["data", "check", "--dataset", "mini_colors", "--data-root", str(folder)])
-    assert f"is the dataset's own folder: pass the folder that holds it, --data-root {folder.parent}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"is the dataset's own folder: pass the folder that holds it, --data-root {folder.parent}" in out
     (tmp_path / "photos").mkdir()
     with pytest.raises(SystemExit):
         main(["data", "check", "--dataset", "csv", "--data-root", str(tmp_path / "photos")])
@@ -760,8 +791,10 @@ def test_data_check_points_at_the_right_root_and_at_paths_of_the_wrong_kind(tmp_
 def test_training_on_a_test_only_dataset_says_what_to_do(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CLIPFIT_DATA", str(tmp_path / "data"))
     with pytest.raises(SystemExit):
-        main(["train", "--model", "mini-clip", "--pretrained", "builtin", "--dataset", "mini_shapes_sketch", "--seeds", "1"])
-    assert "dataset 'mini_shapes_sketch' is test-only (no training images): train on another dataset" in capsys.readouterr().err
+        main(["train", "--model", "mini-clip", "--pretrained", "builtin", "--dataset", "mini_shapes_sketch",
+              "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert "dataset 'mini_shapes_sketch' is test-only (no training images): train on another dataset" in err
 
 
 @pytest.mark.parametrize("args", [[], ["data"], ["eval"], ["train", "--lr", "abc"]])

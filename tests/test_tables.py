@@ -4,8 +4,16 @@ import dataclasses
 
 import pytest
 
-from clipfit.tables import (README_END, README_START, MiniWorldTableConfig, leaderboard_markdown, mini_world_table,
-                            to_markdown, update_readme)
+from clipfit.readme import update_readme
+from clipfit_world.tables import (
+    README_END,
+    README_NAME,
+    README_START,
+    MiniWorldTableConfig,
+    leaderboard_markdown,
+    mini_world_table,
+    to_markdown,
+)
 
 
 def accuracy(value, seconds=4.0):
@@ -13,7 +21,8 @@ def accuracy(value, seconds=4.0):
 
 
 def row(task, zero, fit, coop=None, new=None):
-    methods = {"clipfit": {"mean": {"base": fit, "new": fit, "hm": fit}, "std": {"base": 1.0, "new": 2.0, "hm": 0.5}, "seconds": 10.0}}
+    methods = {"clipfit": {"mean": {"base": fit, "new": fit, "hm": fit}, "std": {"base": 1.0, "new": 2.0, "hm": 0.5},
+                           "seconds": 10.0}}
     fewshot = {"clipfit": {1: accuracy(fit - 10), 16: accuracy(fit + 10)}}
     if coop is not None:
         methods["coop"] = {"mean": {"base": coop, "new": new, "hm": 2 * coop * new / (coop + new)},
@@ -30,7 +39,8 @@ def test_markdown_has_a_row_per_task_and_a_mean_over_tasks_with_training_data():
     assert "CLIPFit 16-shot, its own recipe" in lines[0] and "mean ± std over seeds 1 2" in lines[0]
     assert lines[2] == "| mini_a | 10 | 40.0 | 40.0 / 40.0 / 40.0 | 50.0±1.0 / 50.0±2.0 / 50.0±0.5 |"
     assert lines[4] == "| mini_a_sketch | 10 | 12.5 | test domain of mini_a | |"
-    assert lines[5] == "| **mean** (tasks with training data; HM of the mean Base and New) | | 50.0 | 50.0 / 50.0 / 50.0 | 60.0 / 60.0 / 60.0 |"
+    assert lines[5] == ("| **mean** (tasks with training data; HM of the mean Base and New) | | 50.0 | "
+                        "50.0 / 50.0 / 50.0 | 60.0 / 60.0 / 60.0 |")
 
 
 def test_one_seed_shows_no_spread_and_other_epochs_are_named():
@@ -60,7 +70,7 @@ def test_leaderboard_ranks_methods_by_the_hm_of_their_mean_base_and_new():
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
-    update_readme(readme, "| new |")
+    update_readme(readme, "| new |", README_NAME)
     assert readme.read_text() == f"intro\n{README_START}\n| new |\n{README_END}\noutro\n"
 
 
@@ -68,13 +78,14 @@ def test_update_readme_without_markers_fails_and_leaves_the_file_alone(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="README.md: no <!-- mini-world-table:start -->"):
-        update_readme(readme, "| new |")
+        update_readme(readme, "| new |", README_NAME)
     assert readme.read_text() == "no markers here\n"
 
 
 def test_table_runs_each_setting_once_and_reuses_finished_runs(tmp_path):
-    table = MiniWorldTableConfig(tasks=["mini_colors", "mini_shapes_sketch"], methods=["clipfit"], seeds=[1], shots=2, epochs=1,
-                                 data_root=str(tmp_path / "data"), out=str(tmp_path / "runs"), fewshot_shots=(1,))
+    table = MiniWorldTableConfig(tasks=["mini_colors", "mini_shapes_sketch"], methods=["clipfit"], seeds=[1], shots=2,
+                                 epochs=1, data_root=str(tmp_path / "data"), out=str(tmp_path / "runs"),
+                                 fewshot_shots=(1,))
     unfinished = mini_world_table(dataclasses.replace(table, run_missing=False), progress=False)
     assert unfinished[0]["methods"]["clipfit"] is None and unfinished[0]["fewshot"]["clipfit"][1] is None
     rows = mini_world_table(table, progress=False)
@@ -97,6 +108,7 @@ def test_a_readme_without_the_markers_is_refused_before_any_run(tmp_path, capsys
     readme = tmp_path / "README.md"
     readme.write_text("<!-- mini-world-table:start -->\n<!-- mini-world-table:end -->\n")
     with pytest.raises(SystemExit):
-        main(["table", "mini-world", "--readme", str(readme), "--out", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")])
+        main(["table", "mini-world", "--readme", str(readme), "--out", str(tmp_path / "runs"),
+              "--data-root", str(tmp_path / "data")])
     assert "no <!-- mini-world-leaderboard:start -->" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

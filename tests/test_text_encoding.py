@@ -26,7 +26,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-NAMES = ["cat", "golden retriever", "great white shark", "ice cream cone with sprinkles", "x", "red fox", "annual crop land"]
+NAMES = ["cat", "golden retriever", "great white shark", "ice cream cone with sprinkles", "x", "red fox",
+         "annual crop land"]
 TEMPLATE = "a photo of a {}."
 
 
@@ -217,7 +218,7 @@ def test_clipfit_loss_logits_and_gradients_equal_the_straightforward_two_pass_st
     images, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
     params = method.trainable_parameters()
 
-    loss, _ = method.training_loss(images, labels)
+    loss = method.training_loss(images, labels).total
     logits = method.logits(images, method.class_features())
     ours = torch.autograd.grad(loss, list(params.values()))
     expected_loss, expected_logits = straightforward_clipfit_loss(method, images, labels)

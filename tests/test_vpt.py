@@ -10,8 +10,8 @@ import torch
 
 from clipfit import api
 from clipfit.backbone import encode_image_vpt
-from clipfit.config import RunConfig
-from clipfit.engine import OptimConfig, train
+from clipfit.config import OptimConfig, RunConfig
+from clipfit.engine import train
 from clipfit.errors import ClipFitError
 from clipfit.methods import get_method
 from clipfit.runner import resolve
@@ -101,8 +101,8 @@ def test_without_prompt_tokens_the_forward_is_open_clips_encode_image():
         none = torch.empty(0, WIDTH)
         torch.testing.assert_close(encode_image_vpt(method.clip, images, [none]), method.clip.encode_image(images),
                                    rtol=0, atol=1e-6)
-        torch.testing.assert_close(encode_image_vpt(method.clip, images, [none, none]), method.clip.encode_image(images),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(encode_image_vpt(method.clip, images, [none, none]),
+                                   method.clip.encode_image(images), rtol=0, atol=1e-6)
 
 
 def test_prompts_and_projection_are_initialised_as_the_study():
@@ -119,8 +119,8 @@ def test_prompts_and_projection_are_initialised_as_the_study():
 
 def _train_briefly(method):
     images, labels = colour_batch()
-    train(method, torch.utils.data.TensorDataset(images, labels), OptimConfig(epochs=3, batch_size=6, lr=0.05, warmup_epochs=0),
-          seed=1, progress=False)
+    optim = OptimConfig(epochs=3, batch_size=6, lr=0.05, warmup_epochs=0)
+    train(method, torch.utils.data.TensorDataset(images, labels), optim, seed=1, progress=False)
 
 
 @pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
@@ -157,8 +157,9 @@ def test_type_vision_refuses_base_to_new_up_front(name, eurosat_root):
 
 @pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
 def test_type_vision_language_runs_base_to_new(name, eurosat_root, tmp_path):
-    config = RunConfig(method=name, model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),
-                       protocol="base2new", shots=4, seeds=[1], method_options={"type": "vision-language", "num_tokens": 2},
+    config = RunConfig(method=name, model=TINY_MODEL, pretrained="none", dataset="eurosat",
+                       data_root=str(eurosat_root), protocol="base2new", shots=4, seeds=[1],
+                       method_options={"type": "vision-language", "num_tokens": 2},
                        optim=OptimConfig(epochs=2, batch_size=4, lr=0.01), out=str(tmp_path / "run"))
     summary = api.run(config, progress=False, echo=False)
     (seed,) = summary["per_seed"]
@@ -170,21 +171,28 @@ def test_recipe_is_the_studys_per_task_config_else_its_defaults():
     shallow, deep = get_method("vpt-shallow"), get_method("vpt-deep")
     constant_sgd = {"optimizer": "sgd", "schedule": "constant", "momentum": 0.9, "warmup_epochs": 0, "batch_size": 32}
     # configs/VPT-CLIP-Shallow/eurosat.yaml: N 100, lr 10, wd 1e-4, TOTAL_EPOCH 5 (+ WARMUP_EPOCH 5 at the same lr).
-    assert shallow.optim_defaults("few-shot", "eurosat") == {**constant_sgd, "lr": 10.0, "weight_decay": 1e-4, "epochs": 10}
+    assert shallow.optim_defaults("few-shot", "eurosat") == {
+        **constant_sgd, "lr": 10.0, "weight_decay": 1e-4, "epochs": 10
+    }
     assert shallow.protocol_defaults("few-shot", "eurosat") == {"num_tokens": 100}
     # configs/VPT-CLIP-Deep/eurosat.yaml: N 100, lr 10, TOTAL_EPOCH 30; caltech101.yaml: N 10, lr 1, 3 epochs.
     assert deep.optim_defaults("few-shot", "eurosat")["epochs"] == 35
-    assert deep.optim_defaults("few-shot", "caltech101") == {**constant_sgd, "lr": 1.0, "weight_decay": 1e-4, "epochs": 8}
+    assert deep.optim_defaults("few-shot", "caltech101") == {
+        **constant_sgd, "lr": 1.0, "weight_decay": 1e-4, "epochs": 8
+    }
     assert deep.protocol_defaults("base2new", "caltech101") == {"num_tokens": 10}
     assert shallow.protocol_defaults("few-shot", "caltech101") == {"num_tokens": 100}
     # flowers.yaml names no NUM_TOKENS (config.py's 5); oxford_pet.yaml 1 token; sun397 deep lr 1, shallow 10.
     assert shallow.protocol_defaults("few-shot", "oxford_flowers") == {"num_tokens": 5}
     assert deep.protocol_defaults("few-shot", "oxford_pets") == {"num_tokens": 1}
-    assert (shallow.optim_defaults("few-shot", "sun397")["lr"], deep.optim_defaults("few-shot", "sun397")["lr"]) == (10.0, 1.0)
+    assert shallow.optim_defaults("few-shot", "sun397")["lr"] == 10.0
+    assert deep.optim_defaults("few-shot", "sun397")["lr"] == 1.0
     assert shallow.optim_defaults("few-shot", "dtd")["epochs"] == 10
     # Any other dataset: src/configs/config.py (NUM_TOKENS 5, BASE_LR 0.01, WEIGHT_DECAY 1e-4, 5 + 30 epochs).
     for dataset in ("imagenet", "food101", "mini_colors"):
-        assert deep.optim_defaults("few-shot", dataset) == {**constant_sgd, "lr": 0.01, "weight_decay": 1e-4, "epochs": 35}
+        assert deep.optim_defaults("few-shot", dataset) == {
+            **constant_sgd, "lr": 0.01, "weight_decay": 1e-4, "epochs": 35
+        }
         assert shallow.protocol_defaults("few-shot", dataset) == {"num_tokens": 5}
 
 

@@ -10,10 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from clipfit import data
-from clipfit.world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
 from clipfit.text_encoding import encode_truncated
-from clipfit.world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip
-from clipfit.world.tasks import render_example
+from clipfit_world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
+from clipfit_world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip
+from clipfit_world.tasks import render_example
 
 
 def _png(img) -> bytes:
@@ -140,7 +140,7 @@ def test_builtin_weights_load_strictly_and_are_small():
 
 
 def _pretrain(out, curve, **kwargs):
-    from clipfit.world.pretrain import pretrain_mini_clip
+    from clipfit_world.pretrain import pretrain_mini_clip
 
     pretrain_mini_clip(out, seed=0, steps=4, batch_size=4, warmup=1, checkpoint_every=2, curve=curve, **kwargs)
     return load_file(str(out))
@@ -160,7 +160,7 @@ def test_pretraining_writes_weights_and_a_loss_curve_and_is_deterministic(tmp_pa
 
 
 def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    from clipfit.world import pretrain
+    from clipfit_world import pretrain
 
     uninterrupted = _pretrain(tmp_path / "full.safetensors", tmp_path / "full" / "loss.png")
     real_loss, calls = pretrain.clip_loss, []
@@ -186,7 +186,7 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypat
 def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatch):
     import dataclasses
 
-    from clipfit.world import tasks
+    from clipfit_world import tasks
 
     name = "mini_shapes_sketch"
     folder = generate_task(name, tmp_path)

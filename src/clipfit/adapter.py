@@ -55,7 +55,9 @@ class AdapterInfo:
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> AdapterInfo:
         if "format" not in meta:
-            raise ClipFitError(f"{path}: not a clipfit adapter file (its metadata has no 'format', expected {FORMAT!r})")
+            raise ClipFitError(
+                f"{path}: not a clipfit adapter file (its metadata has no 'format', expected {FORMAT!r})"
+            )
         if meta["format"] not in READABLE_FORMATS:
             raise ClipFitError(f"{path}: not a clipfit adapter file this version reads (format {meta['format']!r}, "
                                f"expected one of {', '.join(READABLE_FORMATS)})")
@@ -112,5 +114,6 @@ def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], AdapterInfo]:
         raise ClipFitError(f"{path}: unreadable adapter file ({err})") from err
     info = AdapterInfo.from_metadata(meta, path)
     if CHECKSUM_FIELD in meta and tensors_sha256(tensors) != meta[CHECKSUM_FIELD]:
-        raise ClipFitError(f"{path}: tensor data does not match the checksum recorded when it was saved (the file is corrupted or was modified)")
+        raise ClipFitError(f"{path}: tensor data does not match the checksum recorded when it was saved "
+                           "(the file is corrupted or was modified)")
     return tensors, info

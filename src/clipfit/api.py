@@ -18,9 +18,8 @@ import torch
 
 from . import data
 from .backbone import Backbone, Preprocess, build_skeleton
-from .config import RunConfig
+from .config import OptimConfig, RunConfig
 from .defaults import default_data_root
-from .engine import OptimConfig
 from .errors import ClipFitError
 from .methods import build_method, get_method
 from .protocols import get_protocol
@@ -136,10 +135,10 @@ def list_methods() -> dict[str, str]:
 def list_models() -> dict[str, dict[str, bool]]:
     """Every open_clip architecture (and the built-in mini CLIP) with its pretrained tags, each True where its
     weights are on this disk already (the Hugging Face cache, open_clip's download folder, the package)."""
-    from .backbone import BUILTIN, BUILTIN_WEIGHTS
+    from .backbone import BUILTIN, BUILTIN_WEIGHTS, architectures
 
     models = {name: {tag: _weights_on_disk(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)}
-              for name in open_clip.list_models()}
+              for name in architectures()}
     for name, path in BUILTIN_WEIGHTS.items():
         models.setdefault(name, {})[BUILTIN] = path.is_file()
     return models

@@ -7,7 +7,6 @@ import ast
 import contextlib
 import difflib
 import functools
-import hashlib
 import logging
 import os
 import pickle
@@ -25,21 +24,34 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .errors import BackboneError
+from .files import file_sha256
+from .plugins import load_plugins
+from .registry import Registry
 from .text_encoding import encode_prompts, text_tower_or_none
 
-PACKAGE_DIR = Path(__file__).parent
-MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
-WEIGHTS_DIR = PACKAGE_DIR / "weights"
-
-# Weights that ship inside the package, loaded with `--pretrained builtin`.
-BUILTIN_WEIGHTS = {"mini-clip": WEIGHTS_DIR / "mini-clip.safetensors"}
+# Weights that ship inside an installed package, loaded with `--pretrained builtin`, by architecture name;
+# a plugin registers them (`register_builtin_weights`; the mini world's mini CLIP is one).
+BUILTIN_WEIGHTS: Registry[Path] = Registry("built-in weights", error=BackboneError)
 
 RANDOM_INIT = "none"
 BUILTIN = "builtin"
 # Random init is seeded so that a run on a random-init model can be rebuilt bit for bit by eval/predict.
 RANDOM_INIT_SEED = 0
 
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+def register_builtin_weights(model_name: str, weights: Path, model_config_dir: Path | None = None) -> None:
+    """Make ``--model model_name --pretrained builtin`` load the safetensors file ``weights``; with
+    ``model_config_dir``, open_clip learns the architectures whose JSON configs lie there first
+    (`open_clip.add_model_config`). A name registered with another file raises `ValueError`."""
+    if model_config_dir is not None:
+        open_clip.add_model_config(model_config_dir)
+    BUILTIN_WEIGHTS.register(model_name, Path(weights))
+
+
+def architectures() -> list[str]:
+    """Every architecture name open_clip can build, those the installed plugins add included."""
+    load_plugins()
+    return open_clip.list_models()
 
 
 @dataclass
@@ -81,7 +93,8 @@ def text_tower(model: nn.Module) -> nn.Module:
     tower = text_tower_or_none(model)
     if tower is None:
         raise BackboneError(
-            f"{type(model).__name__}: text tower is not an open_clip transformer (Hugging Face text towers are not supported)"
+            f"{type(model).__name__}: text tower is not an open_clip transformer "
+            "(Hugging Face text towers are not supported)"
         )
     return tower
 
@@ -102,7 +115,9 @@ def image_layernorms(model: nn.Module) -> list[nn.LayerNorm]:
 
 def text_mlp_linears(model: nn.Module) -> list[nn.Linear]:
     """Both Linear layers of the MLP in every text transformer block (BitFit (c): their biases)."""
-    return [m for block in text_tower(model).transformer.resblocks for m in block.mlp.modules() if isinstance(m, nn.Linear)]
+    return [
+        m for block in text_tower(model).transformer.resblocks for m in block.mlp.modules() if isinstance(m, nn.Linear)
+    ]
 
 
 def _block_bias_owners(blocks) -> list[tuple[nn.Module, str]]:
@@ -135,7 +150,9 @@ def vision_width(model: nn.Module) -> int:
     """Width of the image transformer's tokens (768 for ViT-B/16); `BackboneError` for a ResNet tower."""
     visual = model.visual
     if not _is_prompt_ready_vit(visual):
-        raise BackboneError(f"{type(visual).__name__}: visual prompts need an open_clip VisionTransformer with class-token pooling")
+        raise BackboneError(
+            f"{type(visual).__name__}: visual prompts need an open_clip VisionTransformer with class-token pooling"
+        )
     return int(visual.class_embedding.shape[-1])
 
 
@@ -211,10 +228,6 @@ def encode_image_vpt(model: nn.Module, images: torch.Tensor, prompts: list[torch
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
-def _supports_truncated_text(tower: nn.Module) -> bool:
-    return getattr(tower, "cls_emb", None) is None and getattr(tower, "pool_type", getattr(tower, "text_pool_type", None)) == "argmax"
-
-
 def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Normalised text features of class prompts, equal to the full-length `model.encode_text` to float
     tolerance: see `clipfit.text_encoding` (positions after the last end-of-text token are skipped, the
@@ -222,18 +235,14 @@ def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return encode_prompts(model, tokens)
 
 
-def list_models() -> list[str]:
-    return open_clip.list_models()
-
-
 def check_model_name(model_name: str) -> None:
     """`BackboneError` naming close matches unless `model_name` is an open_clip architecture."""
-    if model_name not in open_clip.list_models():
+    if model_name not in architectures():
         raise _unknown_model(model_name)
 
 
 def _unknown_model(model_name: str) -> BackboneError:
-    close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5)
+    close = difflib.get_close_matches(model_name, architectures(), n=5)
     hint = f" (close matches: {', '.join(close)})" if close else ""
     return BackboneError(
         f"unknown model {model_name!r}{hint}; `clipfit models` lists them"
@@ -242,12 +251,17 @@ def _unknown_model(model_name: str) -> BackboneError:
 
 def _builtin_weights(model_name: str) -> Path:
     if model_name not in BUILTIN_WEIGHTS:
-        raise BackboneError(f"no built-in weights for {model_name!r} (built-in: {', '.join(BUILTIN_WEIGHTS)})")
+        known = ", ".join(BUILTIN_WEIGHTS) or "none: is the clipfit distribution installed with its mini world?"
+        raise BackboneError(f"no built-in weights for {model_name!r} (built-in: {known})")
     return BUILTIN_WEIGHTS[model_name]
 
 
 def _looks_like_path(pretrained: str) -> bool:
-    return os.sep in pretrained or pretrained.startswith((".", "~")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    return (
+        os.sep in pretrained
+        or pretrained.startswith((".", "~"))
+        or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
 
 
 def _hub_reachable(host: str, timeout: float = 3.0) -> bool:
@@ -284,12 +298,14 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
         filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for filename in filenames:
             try:
-                return huggingface_hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True), cfg
+                local = huggingface_hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True)
+                return local, cfg
             except (LocalEntryNotFoundError, FileNotFoundError):
                 continue
         if not _hub_reachable("huggingface.co"):
             raise BackboneError(
-                f"pretrained weights {model_name}/{tag} are not cached and huggingface.co is unreachable (offline?); {how_to}"
+                f"pretrained weights {model_name}/{tag} are not cached and huggingface.co is unreachable "
+                f"(offline?); {how_to}"
             )
         try:
             return huggingface_hub.hf_hub_download(repo_id, filenames[-1], cache_dir=cache_dir), cfg
@@ -297,7 +313,8 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
             raise BackboneError(f"could not download {model_name}/{tag} from {repo_id}: {err}; {how_to}") from err
     host = urlparse(cfg.get("url", "")).hostname or ""
     if not _hub_reachable(host):
-        raise BackboneError(f"pretrained weights {model_name}/{tag} need a download from {host or 'an unknown host'}, which is unreachable; {how_to}")
+        raise BackboneError(f"pretrained weights {model_name}/{tag} need a download from "
+                            f"{host or 'an unknown host'}, which is unreachable; {how_to}")
     return open_clip.download_pretrained(cfg, cache_dir=cache_dir), cfg
 
 
@@ -338,7 +355,9 @@ class _ArchivedObject:
 
     def __setstate__(self, state):
         if not isinstance(state, dict):
-            raise pickle.UnpicklingError(f"{self.type_name} is pickled with a custom state, not as a module's attributes")
+            raise pickle.UnpicklingError(
+                f"{self.type_name} is pickled with a custom state, not as a module's attributes"
+            )
         self.attributes = state
 
 
@@ -366,7 +385,9 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             return OrderedDict
         if module == "torch.jit._pickle" and name in _TORCHSCRIPT_TYPE_TAGS:
             return _first_argument
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (only tensors and module attributes are read)")
+        raise pickle.UnpicklingError(
+            f"global {module}.{name} is not allowed (only tensors and module attributes are read)"
+        )
 
     def persistent_load(self, pid):
         # ('storage', dtype, record key, device it was saved from, number of elements). The device is
@@ -460,7 +481,9 @@ def _read_torchscript_state_dict(path: Path, prefix: str) -> dict[str, torch.Ten
                         pending.append((f"{name_prefix}{name}.", value))
                     elif name in declared[obj.type_name] and value is not None:
                         if not isinstance(value, torch.Tensor):
-                            raise ValueError(f"{name_prefix}{name} is declared a tensor but holds a {type(value).__name__}")
+                            raise ValueError(
+                                f"{name_prefix}{name} is declared a tensor but holds a {type(value).__name__}"
+                            )
                         state[f"{name_prefix}{name}"] = value
         # What a malformed archive raises: a refused global or bad opcode, a truncated pickle, a missing record,
         # a malformed declaration, an out-of-bounds view, an argument of the wrong type, an object never built.
@@ -491,7 +514,11 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
     if unexpected or missing:
         raise ValueError(f"tensor names do not match (unexpected: {_some(unexpected)}; missing: {_some(missing)})")
-    wrong = [f"{k} {tuple(v.shape)}, expected {tuple(expected[k].shape)}" for k, v in sorted(state.items()) if v.shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+        for k, v in sorted(state.items())
+        if v.shape != expected[k].shape
+    ]
     if wrong:
         raise ValueError(f"tensor shapes do not match: {'; '.join(wrong[:3])}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
@@ -509,11 +536,14 @@ def _check_state_dict_pickle(path: Path) -> None:
     try:
         # mmap keeps this read to the pickle: open_clip reads the tensors when it loads the file.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except Exception as err:  # torch.load fails in many ways (pickle, zip, EOF, key errors) on bytes that are not a checkpoint
+    # torch.load fails in many ways (pickle, zip, EOF, key errors) on bytes that are not a checkpoint.
+    except Exception as err:
         refused = re.search(r"WeightsUnpickler error: (.*)", str(err))
         if refused:
             reason = refused.group(1).split(" Please use")[0]
-            raise ValueError(f"its pickle holds more than tensors, which torch.load(weights_only=True) refuses: {reason}") from err
+            raise ValueError(
+                f"its pickle holds more than tensors, which torch.load(weights_only=True) refuses: {reason}"
+            ) from err
         raise ValueError(f"not a readable PyTorch checkpoint ({_one_line(err)})") from err
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state, dict):
@@ -522,7 +552,8 @@ def _check_state_dict_pickle(path: Path) -> None:
         raise ValueError("it holds an empty state dict")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"its entry {str(not_tensors[0])[:80]!r} is a {type(state[not_tensors[0]]).__name__}, not a tensor")
+        entry = not_tensors[0]
+        raise ValueError(f"its entry {str(entry)[:80]!r} is a {type(state[entry]).__name__}, not a tensor")
 
 
 def _model_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -599,7 +630,8 @@ def _load_state_file(model: nn.Module, path: Path) -> None:
             _check_state_dict_pickle(path)
         try:
             open_clip.load_checkpoint(model, str(path))
-        except Exception as err:  # open_clip's converters assert, index and look up attributes; all mean "another architecture"
+        # open_clip's converters assert, index and look up attributes; all mean "another architecture".
+        except Exception as err:
             raise ValueError(f"its state dict does not fit this architecture ({_one_line(err)})") from err
 
 
@@ -615,11 +647,16 @@ def _quiet_random_init_warning():
         root.setLevel(level)
 
 
-def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
+def load_backbone(
+    model_name: str,
+    pretrained: str | None = RANDOM_INIT,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+) -> Backbone:
     """Build a CLIP from an open_clip architecture name and `pretrained`: an open_clip tag (downloaded or
     cached), a local checkpoint file, 'builtin' (weights shipped with this package) or 'none' (random init)."""
     pretrained = pretrained or RANDOM_INIT
-    if model_name not in open_clip.list_models():
+    if model_name not in architectures():
         raise _unknown_model(model_name)
     force_quick_gelu = False
     weights: Path | None = None
@@ -656,13 +693,14 @@ def load_backbone(model_name: str, pretrained: str | None = RANDOM_INIT, device:
         interpolation=cfg.get("interpolation", "bicubic"),
         resize_mode=cfg.get("resize_mode", "shortest"),
     )
-    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess, model_name=model_name, pretrained=pretrained)
+    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess,
+                    model_name=model_name, pretrained=pretrained)
 
 
 @functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _cached_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """`file_sha256`, computed once per version of the file: its size and mtime are part of the key."""
+    return file_sha256(path)
 
 
 def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
@@ -683,12 +721,12 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
     if not path.is_file():
         raise BackboneError(f"cannot fingerprint the weights of {model_name} {pretrained!r}: no such file {path}")
     stat = path.stat()
-    return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return "sha256:" + _cached_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def build_skeleton(model_name: str) -> nn.Module:
     """The architecture without allocating weights (meta device): enough to count parameters."""
-    if model_name not in open_clip.list_models():
+    if model_name not in architectures():
         raise _unknown_model(model_name)
     with _quiet_random_init_warning():
         return open_clip.create_model(model_name, pretrained=None, device="meta")

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, defaults
+from . import __version__, defaults, plugins
 from .defaults import IMAGE_CACHES, default_data_root
 from .errors import ClipFitError
 
@@ -130,14 +130,14 @@ def _config_from_args(args):
     if twice:
         raise ClipFitError(f"--option {twice[0]} is given more than once")
     options.update(dict(args.options))
-    from .methods import get_method
+    from .methods import get_method, method_regime
 
     method = get_method(args.method or config.method)
     import dataclasses
 
     fields = sorted(f.name for f in dataclasses.fields(method.config_class))
     # Shortcuts for one option: --beta (CLIPFit's regulariser weight), --type (the study's head).
-    for flag, value in (("beta", args.beta if method.trains else None), ("type", args.type)):
+    for flag, value in (("beta", args.beta if method_regime(method.name).trains else None), ("type", args.type)):
         if value is None:
             continue
         if flag == "beta" and "beta" in fields and "regularizer" not in fields:
@@ -159,16 +159,16 @@ TRAINING_FLAGS = ("shots", "epochs", "iterations", "batch_size", "lr", "beta", "
 
 def cmd_train(args) -> None:
     from . import api
-    from .methods import get_method
+    from .methods import method_regime
     from .report import print_summary
 
     config = _config_from_args(args)
-    cls = get_method(config.method)
-    if not cls.trains:
+    regime = method_regime(config.method, config.method_options)
+    if not regime.trains:
         ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) is not None]
         if ignored:
             print(f"clipfit: note: {config.method} does not train; ignoring {', '.join(ignored)}", file=sys.stderr)
-    elif cls.fits and not cls.optimises_after_fit:
+    elif regime.optimise is None:
         ignored = [f"--{name}" for name in ("epochs", "iterations", "lr") if getattr(args, name) is not None]
         if ignored:
             print(f"clipfit: note: {config.method} is fitted in one pass, without an optimiser; ignoring "
@@ -265,38 +265,8 @@ def cmd_data_list(args) -> None:
         print(f"{name:20s} {title}")
 
 
-def cmd_demo(args) -> None:
-    from .demo import DemoConfig, print_demo, run_demo
-
-    demo = DemoConfig(task=args.task, data_root=args.data_root or str(default_data_root()), out=args.out, epochs=args.epochs)
-    print_demo(demo, run_demo(demo, progress=not args.no_progress))
-
-
-def cmd_table_mini_world(args) -> None:
-    from .methods import get_method
-    from .tables import (LEADERBOARD, MiniWorldTableConfig, check_markers, leaderboard_markdown, mini_world_table, to_markdown,
-                         trained_methods, update_readme)
-
-    methods = trained_methods() if args.methods == ["all"] else args.methods
-    for name in methods:
-        get_method(name)  # an unknown name fails before any run
-    if "clipfit" not in methods:
-        methods = [*methods, "clipfit"]  # the per-task table shows it
-    if args.readme:
-        check_markers(args.readme, ["mini-world-table", LEADERBOARD])  # before hours of runs, not after
-    table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
-                                 data_root=args.data_root or str(default_data_root()), out=args.out,
-                                 run_missing=not args.finished_only)
-    rows = mini_world_table(table, progress=not args.no_progress)
-    markdown, leaderboard = to_markdown(table, rows), leaderboard_markdown(table, rows)
-    print(markdown, leaderboard, sep="\n\n")
-    if args.readme:
-        update_readme(args.readme, markdown)
-        update_readme(args.readme, leaderboard, LEADERBOARD)
-        print(f"updated {args.readme}")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    plugins.load_plugins()  # their commands (the mini world's demo and tables) join the built-in ones
     parser = _Parser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the command (each has --help)")
@@ -304,31 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
 
-    p = add("demo", help="zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in mini CLIP (offline, seconds)")
-    p.add_argument("--task", default=defaults.DEMO_TASK,
-                   help="a mini-world task with training images: mini_digits, mini_letters, mini_shapes, mini_colors, mini_textures")
-    p.add_argument("--data-root", help=f"where the task is generated ({DATA_ROOT_DEFAULT})")
-    p.add_argument("--out", default=defaults.DEMO_OUT, help="runs go to <out>/<task>/<method>")
-    p.add_argument("--epochs", type=int, default=defaults.DEMO_EPOCHS, help="CLIPFit's training epochs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
-
-    p = add("table", help="regenerate a table the README quotes")
-    table_sub = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
-    t = table_sub.add_parser("mini-world", formatter_class=_HelpFormatter,
-                             help="mini CLIP zero-shot per mini-world task; every method's few-shot (1-16 shots) and 16-shot base-to-new")
-    t.add_argument("--methods", nargs="+", default=["all"],
-                   help="methods to compare with zero-shot (CLIPFit always; 'all': every registered method that trains)")
-    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
-                   help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
-    t.add_argument("--epochs", type=int, help="training epochs for every method (default: each method's own recipe)")
-    t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
-    t.add_argument("--out", default=defaults.TABLE_OUT, help="run folders; finished runs are reused")
-    t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
-    t.add_argument("--finished-only", action="store_true",
-                   help="run nothing: write the tables from the runs finished so far (cells still to run show …)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_table_mini_world)
+    # A plugin's commands (the mini world's demo first), then `clipfit table NAME` for every registered table.
+    commands = sorted(plugins.COMMANDS.values(), key=lambda command: command.parent is not None)
+    tables = None
+    for command in commands:
+        if command.parent == "table" and tables is None:
+            p = add("table", help="regenerate a table the README quotes")
+            tables = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
+        target = tables if command.parent == "table" else sub
+        c = target.add_parser(command.name, formatter_class=_HelpFormatter, help=command.help)
+        command.add_arguments(c)
+        c.set_defaults(func=command.run)
 
     p = add("params", help="count a method's trainable parameters on a backbone (no weights needed)")
     p.add_argument("--method", default=defaults.METHOD, help="`clipfit methods` lists them; 'all': every one, in one table")

@@ -1,4 +1,7 @@
-"""Run configuration: one dataclass whose defaults reproduce the paper, written next to every run."""
+"""Run configuration: one dataclass whose defaults reproduce the paper, written next to every run.
+
+The bottom of the library's layers above errors and defaults: it imports neither torch nor any other
+layer, so that a config is read and checked (`clipfit train --help`, a grid file) in milliseconds."""
 
 from __future__ import annotations
 
@@ -6,16 +9,126 @@ import dataclasses
 import json
 import math
 import os
+import string
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import defaults
-from .data.samples import check_template
 from .defaults import IMAGE_CACHES
-from .engine import OPTIMIZERS, PRECISIONS, SCHEDULES, OptimConfig
 from .errors import ClipFitError
+
+OPTIMIZERS = ("sgd", "adamw")
+# How the learning rate moves: Dassl's constant warm-up epochs then a cosine stepped once per epoch
+# (CoOp-family, CLIPFit); a cosine stepped once per iteration down to ``min_lr`` (torch's
+# `CosineAnnealingLR` stepped every batch: Tip-Adapter-F, CLIP-LoRA); constant (the PEFT-for-CLIP study).
+SCHEDULES = ("cosine-epochs", "cosine-iterations", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser and its schedule. Every field left None is the method's default for the protocol,
+    dataset and shots (`Method.optim_defaults`), else Dassl's (`DASSL`: SGD with momentum 0.9, weight
+    decay 5e-4, one constant warm-up epoch at 1e-5, then cosine decay over the epochs stepped once per
+    epoch, as CoOp (KaiyangZhou/CoOp, configs/trainers/CoOp) and CLIPFit configure it)."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    warmup_lr: float | None = None
+    optimizer: str | None = None  # one of OPTIMIZERS
+    schedule: str | None = None  # one of SCHEDULES
+    # A budget in optimiser steps instead of epochs (CLIP-LoRA's 500 x shots): the loader is cycled and
+    # training stops after this many steps. None: ``epochs`` full passes.
+    iterations: int | None = None
+    min_lr: float | None = None  # where "cosine-iterations" ends
+    eps: float | None = None  # AdamW's epsilon (Tip-Adapter-F: 1e-4)
+
+
+# Dassl's own defaults, for whatever a method does not name (every earlier run trained with these).
+DASSL = {"batch_size": 32, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5,
+         "optimizer": "sgd", "schedule": "cosine-epochs", "min_lr": 0.0, "eps": 1e-8}
+
+
+def complete(optim: OptimConfig, method_defaults: dict | None = None) -> OptimConfig:
+    """``optim`` with every None field filled: the method's defaults first, then Dassl's. The length of
+    training is one choice: where the user gave epochs or iterations, the method's other one is not added."""
+    defaults = dict(method_defaults or {})
+    if optim.epochs is not None or optim.iterations is not None:
+        defaults.pop("epochs", None), defaults.pop("iterations", None)
+    fill = {**DASSL, **defaults}
+    return dataclasses.replace(optim, **{k: v for k, v in fill.items() if getattr(optim, k) is None})
+
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: what autocast does, whether the loss is scaled, what dtype the CLIP's weights hold.
+
+    Under every precision the loss terms, the logits (cosine similarities times the logit scale), the
+    distillation term and the cross-entropy's softmax are computed in fp32 from the features the towers
+    give, outside autocast (`Method.logits`, `Method.training_loss`), and the frozen distillation target
+    is computed by the same forward pass as the tuned features, so that where the tuned weights equal
+    the pretrained ones the two features are bit for bit equal and the term is 0. `clipfit.precision`
+    applies it (autocast, weight layout); here it is data, so that a config is checked without torch.
+    """
+
+    name: str
+    autocast_dtype: str | None  # a torch dtype's name ("bfloat16"); None: no autocast
+    loss_scaling: bool = False  # a `torch.amp.GradScaler` scales the loss before backward
+    weights_fp16: bool = False  # the CLIP's weights are converted to fp16 in place (the reference's layout)
+    description: str = ""
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", None, description="everything in fp32"),
+        Precision("bf16", "bfloat16",
+                  description="bf16 autocast for the towers' matmuls; parameters, gradients and optimiser state fp32"),
+        Precision("fp16", "float16", loss_scaling=True,
+                  description="fp16 autocast with dynamic loss scaling (for GPUs without bf16); parameters, "
+                              "gradients and optimiser state fp32"),
+        Precision("fp16-reference", None, weights_fp16=True,
+                  description="the reference's own precision (CoOp/Dassl TRAINER.COOP.PREC = fp16, the default "
+                              "CLIPFit trains with): the CLIP's Conv/Linear/attention weights and projections in "
+                              "fp16, LayerNorms and embeddings fp32, no autocast, no loss scaling; trainable "
+                              "tensors keep their dtype, so SGD updates the fp16 text biases in fp16"),
+    )
+}
+
+
+def get_precision(precision: str) -> Precision:
+    """The `Precision` named ``precision``; `ClipFitError` naming the known ones otherwise."""
+    if precision not in PRECISIONS:
+        raise ClipFitError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def check_template(template: str) -> None:
+    """A prompt template has exactly one ``{}`` (the class name) and no other format field; literal braces
+    are written ``{{`` and ``}}``. Raises `ClipFitError` naming the template."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ClipFitError(f"prompt template {template!r}: {err} (write a literal brace as {{{{ or }}}})") from None
+    if fields == [("", "", None)]:
+        return
+    named = [name for name, _, _ in fields if name]
+    if named:
+        detail = f"a named field {{{named[0]}}}"
+    elif len(fields) != 1:
+        detail = f"{len(fields)} '{{}}'"
+    else:
+        detail = "a format spec or conversion"
+    raise ClipFitError(
+        f"prompt template {template!r} must have exactly one '{{}}' for the class name, and it has {detail}"
+    )
+
 
 
 # Fields of configs written by earlier versions, and how they read today.
@@ -38,7 +151,7 @@ class RunConfig:
     protocol: str = defaults.PROTOCOL
     shots: int = defaults.SHOTS
     seeds: list[int] = field(default_factory=lambda: list(defaults.SEEDS))
-    # None: the dataset's own template (NOTES.md).
+    # None: the dataset's own template (CoOp's per-dataset prompt, `DatasetSpec.template`).
     template: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     # Training crops' area range (RandomResizedCrop's scale); None: the papers' (0.08, 1), or the dataset's
@@ -161,7 +274,9 @@ def typed_fields(cls, values: dict, source: str) -> dict:
     """``values`` type-checked against the fields of dataclass ``cls`` (a method's options), as a config
     file's are; unknown names are left to the caller, which names the known ones."""
     hints = typing.get_type_hints(cls)
-    return {name: _typed(value, hints[name], source, name) if name in hints else value for name, value in values.items()}
+    return {
+        name: _typed(value, hints[name], source, name) if name in hints else value for name, value in values.items()
+    }
 
 
 # The largest seed every generator we seed accepts (NumPy's legacy seeding takes 32 bits).
@@ -200,19 +315,24 @@ def validate(config: RunConfig) -> None:
         return ClipFitError(f"{name} must be {want}, got {value!r}")
 
     optim = config.optim
-    if optim.epochs is not None and (isinstance(optim.epochs, bool) or not isinstance(optim.epochs, int) or optim.epochs < 1):
+    if optim.epochs is not None and (
+        isinstance(optim.epochs, bool) or not isinstance(optim.epochs, int) or optim.epochs < 1
+    ):
         raise bad("epochs", optim.epochs, "a whole number >= 1")
     for name in ("batch_size",):
         value = getattr(optim, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise bad(name.replace("_", "-"), value, "a whole number >= 1")
     if optim.epochs is not None and optim.iterations is not None:
-        raise ClipFitError(f"give epochs ({optim.epochs}) or iterations ({optim.iterations}), not both: each sets how long "
-                           "training runs")
-    if optim.iterations is not None and (isinstance(optim.iterations, bool) or not isinstance(optim.iterations, int) or optim.iterations < 1):
+        raise ClipFitError(f"give epochs ({optim.epochs}) or iterations ({optim.iterations}), not both: "
+                           "each sets how long training runs")
+    if optim.iterations is not None and (
+        isinstance(optim.iterations, bool) or not isinstance(optim.iterations, int) or optim.iterations < 1
+    ):
         raise bad("iterations", optim.iterations, "a whole number >= 1")
-    if optim.warmup_epochs is not None and (isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int)
-                                            or optim.warmup_epochs < 0):
+    if optim.warmup_epochs is not None and (
+        isinstance(optim.warmup_epochs, bool) or not isinstance(optim.warmup_epochs, int) or optim.warmup_epochs < 0
+    ):
         raise bad("warmup_epochs", optim.warmup_epochs, "a whole number >= 0")
     if optim.lr is not None and (not _finite(optim.lr) or optim.lr <= 0):
         raise bad("lr", optim.lr, "a finite number > 0")
@@ -229,8 +349,9 @@ def validate(config: RunConfig) -> None:
     if optim.schedule is not None and optim.schedule not in SCHEDULES:
         raise bad("schedule", optim.schedule, f"one of {', '.join(SCHEDULES)}")
     if optim.iterations is not None and optim.schedule == "cosine-epochs":
-        raise ClipFitError("iterations (a budget of steps) needs a per-iteration schedule (optim.schedule cosine-iterations "
-                           "or constant); this one, cosine-epochs, steps once per epoch: give epochs instead")
+        raise ClipFitError("iterations (a budget of steps) needs a per-iteration schedule (optim.schedule "
+                           "cosine-iterations or constant); this one, cosine-epochs, steps once per epoch: "
+                           "give epochs instead")
     if isinstance(config.shots, bool) or not isinstance(config.shots, int) or config.shots < 0:
         raise bad("shots", config.shots, "a whole number >= 0 (0: every training image)")
     if not config.seeds:

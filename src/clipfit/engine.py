@@ -1,66 +1,20 @@
-"""The one training and evaluation loop that every method shares."""
+"""The one training and evaluation loop that every method shares: schedules, loaders, the loop, evaluation."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .config import OptimConfig, complete, get_precision
 from .errors import ClipFitError
 from .features import encode_views, feature_batches, steps_per_epoch
 from .methods import Method
-
-
-OPTIMIZERS = ("sgd", "adamw")
-# How the learning rate moves: Dassl's constant warm-up epochs then a cosine stepped once per epoch
-# (CoOp-family, CLIPFit); a cosine stepped once per iteration down to ``min_lr`` (torch's
-# `CosineAnnealingLR` stepped every batch: Tip-Adapter-F, CLIP-LoRA); constant (the PEFT-for-CLIP study).
-SCHEDULES = ("cosine-epochs", "cosine-iterations", "constant")
-
-
-@dataclass
-class OptimConfig:
-    """The optimiser and its schedule. Every field left None is the method's default for the protocol,
-    dataset and shots (`Method.optim_defaults`), else Dassl's (`DASSL`: SGD with momentum 0.9, weight
-    decay 5e-4, one constant warm-up epoch at 1e-5, then cosine decay over the epochs stepped once per
-    epoch, as CoOp and CLIPFit configure it: NOTES.md)."""
-
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: int | None = None
-    warmup_lr: float | None = None
-    optimizer: str | None = None  # one of OPTIMIZERS
-    schedule: str | None = None  # one of SCHEDULES
-    # A budget in optimiser steps instead of epochs (CLIP-LoRA's 500 x shots): the loader is cycled and
-    # training stops after this many steps. None: ``epochs`` full passes.
-    iterations: int | None = None
-    min_lr: float | None = None  # where "cosine-iterations" ends
-    eps: float | None = None  # AdamW's epsilon (Tip-Adapter-F: 1e-4)
-
-
-# Dassl's own defaults, for whatever a method does not name (every earlier run trained with these).
-DASSL = {"batch_size": 32, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5,
-         "optimizer": "sgd", "schedule": "cosine-epochs", "min_lr": 0.0, "eps": 1e-8}
-BATCH_SIZE, LR = DASSL["batch_size"], DASSL["lr"]
-
-
-def complete(optim: OptimConfig, method_defaults: dict | None = None) -> OptimConfig:
-    """``optim`` with every None field filled: the method's defaults first, then Dassl's. The length of
-    training is one choice: where the user gave epochs or iterations, the method's other one is not added."""
-    defaults = dict(method_defaults or {})
-    if optim.epochs is not None or optim.iterations is not None:
-        defaults.pop("epochs", None), defaults.pop("iterations", None)
-    fill = {**DASSL, **defaults}
-    return dataclasses.replace(optim, **{k: v for k, v in fill.items() if getattr(optim, k) is None})
+from .precision import apply_precision, autocast
 
 
 def lr_at_epoch(optim: OptimConfig, epoch: int) -> float:
@@ -101,74 +55,6 @@ def build_optimizer(optim: OptimConfig, params: list[torch.nn.Parameter]) -> tor
     if optim.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
     return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How a run computes: what autocast does, whether the loss is scaled, what dtype the CLIP's weights hold.
-
-    Under every precision the loss terms, the logits (cosine similarities times the logit scale), the
-    distillation term and the cross-entropy's softmax are computed in fp32 from the features the towers
-    give, outside autocast (`Method.logits`, `Method.training_loss`), and the frozen distillation target
-    is computed by the same forward pass as the tuned features, so that where the tuned weights equal
-    the pretrained ones the two features are bit for bit equal and the term is 0.
-    """
-
-    name: str
-    autocast_dtype: torch.dtype | None  # None: no autocast
-    loss_scaling: bool = False  # a `torch.amp.GradScaler` scales the loss before backward
-    weights_fp16: bool = False  # the CLIP's weights are converted to fp16 in place (the reference's layout)
-    description: str = ""
-
-
-PRECISIONS: dict[str, Precision] = {
-    p.name: p
-    for p in (
-        Precision("fp32", None, description="everything in fp32"),
-        Precision("bf16", torch.bfloat16,
-                  description="bf16 autocast for the towers' matmuls; parameters, gradients and optimiser state fp32"),
-        Precision("fp16", torch.float16, loss_scaling=True,
-                  description="fp16 autocast with dynamic loss scaling (for GPUs without bf16); parameters, "
-                              "gradients and optimiser state fp32"),
-        Precision("fp16-reference", None, weights_fp16=True,
-                  description="the reference's own precision (CoOp/Dassl TRAINER.COOP.PREC = fp16, the default "
-                              "CLIPFit trains with): the CLIP's Conv/Linear/attention weights and projections in "
-                              "fp16, LayerNorms and embeddings fp32, no autocast, no loss scaling; trainable "
-                              "tensors keep their dtype, so SGD updates the fp16 text biases in fp16"),
-    )
-}
-
-
-def get_precision(precision: str) -> Precision:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` for the forward passes (a disabled one for fp32 and
-    fp16-reference, whose fp16 weights run in fp16 without it)."""
-    dtype = get_precision(precision).autocast_dtype
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def apply_precision(method: Method, precision: str) -> None:
-    """Put the method's CLIP into the weight layout ``precision`` asks for, before training or evaluation.
-
-    ``fp16-reference`` converts the CLIP in place, as OpenAI's `build_model` (`convert_weights`) leaves it
-    and CoOp-family trainers keep it when `TRAINER.COOP.PREC` is fp16: every Conv and Linear weight and
-    bias, the attention input projections and the text and image projections in fp16; LayerNorms,
-    embeddings and the logit scale in fp32 (open_clip's `convert_weights_to_lp` is that function). For
-    CLIPFit this makes the text MLP biases fp16 tensors that SGD updates in fp16 (an update below half an
-    fp16 ulp of the weight is lost, as in the reference) while the image LayerNorms train in fp32. The
-    conversion rounds the backbone's weights and is not undone: load a fresh backbone for another
-    precision. It runs on a CPU too (fp16 matmuls work there, slowly). Other precisions change nothing.
-    """
-    if not get_precision(precision).weights_fp16:
-        return
-    from open_clip.model import convert_weights_to_lp
-
-    convert_weights_to_lp(method.clip, dtype=torch.float16)
 
 
 def _loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
@@ -221,23 +107,25 @@ def train(
 
     ``dataset`` yields augmented training images; ``plain_dataset`` the same images under the evaluation
     transform and ``val_dataset`` the few-shot validation images (both read only by methods that ask:
-    the linear probe's input, Tip-Adapter's search). A method with `feature_views` set trains on frozen
-    image features computed once (`clipfit.features`), otherwise the image tower runs on fresh
-    augmentations every step. ``precision`` is a name of `PRECISIONS`. The frozen distillation target
+    the linear probe's input, Tip-Adapter's search). The method's `Regime` says what happens: nothing
+    (zero-shot), a one-pass fit on frozen image features computed once (`clipfit.features`), an
+    optimisation on those stored features or on fresh augmentations through the image tower at every
+    step, or a fit and then an optimisation. ``precision`` is a name of `PRECISIONS`. The frozen distillation target
     (`Method.prepare_training`) is computed under the same autocast as the training steps, so that it is
     the very feature the tuned model gives before its first step. Under ``fp16`` the loss is scaled by a
     `torch.amp.GradScaler`: a step whose gradients overflow is skipped and the scale lowered.
 
     Stops with `TrainingDiverged` (naming the epoch and step) at the first non-finite loss or trainable
-    parameter, so that a diverged run never writes a result.
+    parameter, so that a diverged run never writes a result. The logged losses stay on the device and are
+    fetched once per epoch.
     """
-    if not method.trains:
+    regime = method.regime
+    if not regime.trains:
         return []
     optim = complete(optim)
     torch.manual_seed(seed)
     device = method.backbone.device
     apply_precision(method, precision)
-    views = method.feature_views
 
     def stored_features(views: int) -> tuple[torch.Tensor, torch.Tensor]:
         # The linear probe reads the training images un-augmented; a caller with one dataset gives only that.
@@ -249,33 +137,33 @@ def train(
             f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s")
         return features, labels
 
-    stored = stored_features(views or 0) if views is not None or method.fits else None
+    stored = stored_features(regime.views) if regime.views is not None else None
     val = None
-    if method.reads_validation and val_dataset is not None and len(val_dataset):
+    if regime.fit and val_dataset is not None and len(val_dataset):
         val = encode_views(method, val_dataset, 0, seed, batch_size=optim.batch_size, num_workers=num_workers,
                            autocast=lambda: autocast(device, precision))
         val = (val[0][0], val[1])
     history: list[dict[str, float]] = []
-    if method.fits:
+    if regime.fit:
         method.eval()
         with torch.no_grad(), autocast(device, precision):
             method.prepare_training()
             history.append({"epoch": 0, **method.fit(*stored, val)})
         log(_record_line(history[-1]))
-        if not method.optimises_after_fit:
+        if regime.optimise is None:
             return history
     if optim.iterations is None and (not optim.epochs or optim.epochs < 1):
         raise ValueError(f"epochs must be a positive number, got {optim.epochs!r}")
     params = [p for p in method.trainable_parameters().values()]
     if not params:
         raise ValueError(f"method {method.name!r} has nothing to train on this backbone")
-    if not method.fits:
+    if not regime.fit:
         with autocast(device, precision):
             method.prepare_training()
     scaler = torch.amp.GradScaler(device.type) if get_precision(precision).loss_scaling else None
     optimizer = build_optimizer(optim, params)
     generator = torch.Generator().manual_seed(seed)
-    if stored is not None and method.trains_on_stored_features:
+    if regime.optimise == "features":
         features, labels = stored
         if features.shape[0] > 1:
             log(f"training reads these {features.shape[0]} stored views (one drawn per image and epoch), not a fresh "
@@ -294,7 +182,7 @@ def train(
     bar = tqdm(total=total, desc=f"train {method.name}", disable=not progress, unit="step")
     done = 0
     for epoch in range(epochs):
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device, in float64: fetched once, at the epoch's end
         seen = 0
         for step, (inputs, labels_) in enumerate(epoch_batches(), start=1):
             lr = lr_at(optim, epoch, done, total)
@@ -302,10 +190,10 @@ def train(
                 group["lr"] = lr
             inputs, labels_ = inputs.to(device, non_blocking=True), labels_.to(device, non_blocking=True)
             with autocast(device, precision):
-                loss, parts = loss_of(inputs, labels_)
+                loss = loss_of(inputs, labels_)
             where = f"epoch {epoch + 1}, step {step} (lr {lr:.3g})"
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at {where}; no result is written")
+            if not torch.isfinite(loss.total):
+                raise TrainingDiverged(f"training diverged: the loss is {loss.total.item()} at {where}; no result is written")
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 method.backward(loss, lambda x: x)
@@ -319,14 +207,14 @@ def train(
                 raise TrainingDiverged(f"training diverged: parameter {bad} is not finite after {where}; no result is written")
             n = labels_.shape[0]
             seen += n
-            for key, value in {"loss": loss.item(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value * n
+            for key, value in {"loss": loss.total, **loss.terms}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().double() * n
             done += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
             if done == total:
                 break
-        record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(seen, 1) for k, v in sums.items()}}
+        record = {"epoch": epoch + 1, "lr": lr, **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
+        bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}")
         history.append(record)
         log(_record_line(record))
     bar.close()

@@ -79,7 +79,8 @@ class ExportedModel:
     """An exported file as a classifier, built with open_clip and torch only (the README's few lines).
 
     ``ExportedModel(path)`` -> ``.logits(images)`` fp32 [batch, classes] of preprocessed images; ``.classnames``;
-    ``.model`` the plain open_clip model and ``.preprocess`` its evaluation transform (PIL image -> tensor). `ClipFitError` naming the file when it is not an export."""
+    ``.model`` the plain open_clip model and ``.preprocess`` its evaluation transform (PIL image -> tensor).
+    `ClipFitError` naming the file when it is not an export."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         import open_clip

@@ -4,6 +4,7 @@ locks that a killed process cannot leave held."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -67,6 +68,16 @@ def text_from_path(name: str | os.PathLike) -> str:
     of ``path_from_text``. Bytes that are not UTF-8 stay as Python's surrogate escapes, so two names
     never become one."""
     return os.fsencode(name).decode("utf-8", "surrogateescape")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file's bytes, as hex, read 1 MiB at a time (a checkpoint can be gigabytes).
+    A missing file raises `FileNotFoundError`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -1,5 +1,9 @@
 """Evaluation protocols: which classes a run trains on, which test sets it reports, and what is derived
-from their accuracies (NOTES.md, "Protocols"). The runner (`clipfit.runner`) does the rest."""
+from their accuracies. The runner (`clipfit.runner`) does the rest.
+
+few-shot: train on K shots of every class, test on all classes (CoOp, IJCV 2022, Sec. 4.1).
+base2new: the classes sorted by label and split in halves, the first (base) trained, both halves tested,
+with the harmonic mean of the mean accuracies (CoCoOp, CVPR 2022, Sec. 4.1; Dassl's `subsample_classes`)."""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import data
-from .errors import ClipFitError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
 class Protocol:
+    """A registered protocol. ``evaluates_unseen``: whether it tests classes the run never trained on (so a
+    classifier of the training classes only, a linear head, cannot take part)."""
+
     name: str
     # The training classes of the few-shot splits.
     train_classes: Callable[[data.DatasetSplits], data.DatasetSplits]
@@ -19,18 +26,19 @@ class Protocol:
     eval_sets: Callable[[data.DatasetSplits], dict[str, data.DatasetSplits]]
     # Derived columns, computed from the evaluated accuracies.
     derived: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {}
+    evaluates_unseen: bool = False
 
 
 def harmonic_mean(base: float, new: float) -> float:
     return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+PROTOCOLS: Registry[Protocol] = Registry("protocol", order=("few-shot", "base2new"))
 
 
 def register_protocol(protocol: Protocol) -> Protocol:
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
+    """Add a protocol under its name; a name taken by another protocol raises `ValueError`."""
+    return PROTOCOLS.register(protocol.name, protocol)
 
 
 register_protocol(Protocol(
@@ -41,12 +49,14 @@ register_protocol(Protocol(
 register_protocol(Protocol(
     name="base2new",
     train_classes=lambda splits: data.subsample_classes(splits, "base"),
-    eval_sets=lambda splits: {"base": data.subsample_classes(splits, "base"), "new": data.subsample_classes(splits, "new")},
+    eval_sets=lambda splits: {
+        "base": data.subsample_classes(splits, "base"), "new": data.subsample_classes(splits, "new")
+    },
     derived=lambda m: {"hm": harmonic_mean(m["base"], m["new"])},
+    evaluates_unseen=True,
 ))
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ClipFitError(f"unknown protocol {name!r} (available: {', '.join(PROTOCOLS)})")
-    return PROTOCOLS[name]
+    """The protocol named ``name``; `ClipFitError` naming the registered ones otherwise."""
+    return PROTOCOLS.lookup(name)

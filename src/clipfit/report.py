@@ -47,8 +47,9 @@ def summary_columns(summary: dict) -> list[str]:
 
 def print_summary(summary: dict) -> None:
     columns = summary_columns(summary)
+    # A line of its own, not a table title (which would wrap mid-phrase).
     console.print(f"{summary['method']} | {summary['model']} ({summary['pretrained']}) | {summary['dataset']} | "
-                  f"{summary['protocol']} | {summary['shots']} shots", style="bold")  # a table title would wrap mid-phrase
+                  f"{summary['protocol']} | {summary['shots']} shots", style="bold")
     table = Table()
     table.add_column("seed")
     for column in columns:
@@ -59,7 +60,8 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     for column in summary.get("derived_from_means", []):
         console.print(f"{COLUMN_TITLES.get(column, column)} in the mean row is computed from the mean accuracies "
-                      f"(the papers' average: HM of the mean Base and the mean New); ± is the std of the per-seed values")
+                      "(the papers' average: HM of the mean Base and the mean New); "
+                      "± is the std of the per-seed values")
 
 
 def print_predictions(predictions: list[dict]) -> None:

@@ -26,15 +26,13 @@ from pathlib import Path
 import torch
 
 from . import data
-from .adapter import AdapterInfo, read_adapter, save_adapter
 from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
-from .config import RunConfig, check_device, typed_fields, validate
+from .config import DASSL, OptimConfig, RunConfig, check_device, check_template, complete, typed_fields, validate
 from .defaults import default_data_root
-from .data.samples import check_template
-from .engine import DASSL, OptimConfig, apply_precision, complete, evaluate, train
+from .engine import evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
-from .methods import Method, build_method, get_method, method_config
+from .methods import Method, build_method, get_method, method_config, method_regime
 from .protocols import Protocol, get_protocol
 
 # What a finished run's numbers mean beyond its config: bumped whenever the training recipe changes, so
@@ -63,7 +61,7 @@ TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "image_cache")
 
 def setting(config: RunConfig) -> dict:
     """The fields that make a run what it is (its identity), as JSON values."""
-    ignored = NOT_IDENTITY + (() if get_method(config.method).trains else TRAINING_ONLY)
+    ignored = NOT_IDENTITY + (() if method_regime(config.method, config.method_options).trains else TRAINING_ONLY)
     return {k: v for k, v in json.loads(config.to_json()).items() if k not in ignored}
 
 
@@ -88,7 +86,8 @@ def default_out(config: RunConfig) -> str:
     method that does not train): readable, and two settings that differ anywhere (lr, epochs, pretrained
     weights, options) never share a folder."""
     digest = _sha256(json.dumps(setting(config), sort_keys=True).encode())[:8]
-    shots = f"{config.shots}shot-" if get_method(config.method).trains else ""  # zero-shot draws nothing
+    trains = method_regime(config.method, config.method_options).trains
+    shots = f"{config.shots}shot-" if trains else ""  # zero-shot draws nothing
     return f"runs/{config.dataset}-{config.protocol}-{shots}{config.method}-{config.model}-{digest}"
 
 
@@ -96,7 +95,7 @@ def resolve(config: RunConfig) -> RunConfig:
     """Fill every default that depends on the dataset, protocol or method and validate every value, so
     the written config is complete; `ClipFitError` naming the field at fault otherwise."""
     validate(config)
-    get_protocol(config.protocol)
+    protocol = get_protocol(config.protocol)
     method_cls = get_method(config.method)
     spec = data.get_spec(config.dataset)
     check_model_name(config.model)  # before any data is read or generated
@@ -109,7 +108,7 @@ def resolve(config: RunConfig) -> RunConfig:
                **config.method_options}
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
-    if config.protocol == "base2new" and not method_cls.classifies_unseen(options):
+    if protocol.evaluates_unseen and not method_cls.classifies_unseen(options):
         fix = " or --type vision-language" if "type" in {f.name for f in dataclasses.fields(method_cls.config_class)} else ""
         raise ClipFitError(f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
                            "not train on (its classifier holds the training classes only), so it has no base-to-new "
@@ -275,7 +274,7 @@ def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
     """The dataset with this seed's few-shot draw; a method that does not train needs no draw (and a
     test-only dataset has nothing to draw from)."""
     splits = data.load_dataset(config.dataset, config.data_root, template=config.template)
-    if not get_method(config.method).trains:
+    if not method_regime(config.method, config.method_options).trains:
         return splits
     return data.fewshot(splits, config.shots, seed, cache_dir=fewshot_cache_dir(config, splits, seed))
 
@@ -320,7 +319,7 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
     images, or always with `config.check_images`) every image decodable. `DataError` listing what is
     missing or unreadable, before any training."""
     protocol = get_protocol(config.protocol)
-    trains = get_method(config.method).trains
+    trains = method_regime(config.method, config.method_options).trains
     per_seed = {seed: load_splits(config, seed) for seed in config.seeds}
     needed: dict[Path, data.Sample] = {}
     for splits in per_seed.values():
@@ -383,7 +382,7 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         if config.image_cache == "resized-approximate":
             log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
                 "model's input size, not from the full-resolution files as the reference transform does")
-        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 and method.trains else []:
+        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 and method.regime.trains else []:
             log(f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: all are used (as Dassl does)")
         log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
         started = time.time()
@@ -397,14 +396,9 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         except ClipFitError as err:
             log(f"error {err}")
             raise
-        if method.fits:  # a fitted head or cache is sized by the training set only now
+        if method.regime.fit:  # a fitted head or cache is sized by the training set only now
             log(f"trainable parameters after fitting {sum(method.parameter_groups().values())} {method.parameter_groups()}")
-        info = AdapterInfo(
-            model=config.model, pretrained=config.pretrained, method=config.method,
-            method_options=config.method_options, classnames=train_splits.classnames, template=config.template,
-            weights=weights, precision=config.precision,
-        )
-        save_adapter(folder / "adapter.safetensors", method.adapter_state(), info)
+        method.save_pretrained(folder / "adapter.safetensors", precision=config.precision, options=config.method_options)
         metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
         metrics.update(
             seed=seed, recipe=RECIPE_VERSION, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
@@ -503,26 +497,5 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
 
 
 def load_adapter(path: str | Path, *, device: str = "auto", backbone: Backbone | None = None, precision: str | None = None) -> Method:
-    """The tuned model an adapter file describes, from the file and its base weights alone (as peft's
-    `from_pretrained`): the backbone its metadata names (or ``backbone``, the same base model already
-    loaded: it is changed in place) with the method built on it and the file's tensors in, in eval mode
-    and the precision it was trained in. `ClipFitError` naming the file when it is unreadable, corrupted,
-    trained on other weights, or does not match its method."""
-    path = Path(path)
-    if path.is_dir():  # a run's seed folder holds its adapter file
-        path = path / "adapter.safetensors"
-    tensors, info = read_adapter(path)
-    current = weights_fingerprint(info.model, info.pretrained)
-    if info.weights and info.weights != current:
-        raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained} "
-                           f"with weights {info.weights}, which now are {current}; retrain it on these weights")
-    if backbone is None:
-        backbone = load_backbone(info.model, info.pretrained, device=check_device(device))
-    elif (backbone.model_name, backbone.pretrained) != (info.model, info.pretrained):
-        raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained}, not on the given "
-                           f"{backbone.model_name} {backbone.pretrained}")
-    method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
-    apply_precision(method, precision or info.precision)  # the weight layout it was trained and measured in
-    method.load_adapter_state(tensors, source=str(path))
-    method.eval()
-    return method
+    """`Method.from_pretrained`: the tuned model an adapter file (or a seed folder) describes."""
+    return Method.from_pretrained(path, device=device, backbone=backbone, precision=precision)

@@ -97,8 +97,8 @@ class PromptContext:
 
     def check(self, prefix: int) -> None:
         if self.start + self.length > prefix:
-            raise ValueError(f"learned context at positions {self.start}..{self.start + self.length - 1} is not inside the "
-                             f"prefix shared by every prompt ({prefix} positions)")
+            raise ValueError(f"learned context at positions {self.start}..{self.start + self.length - 1} is not "
+                             f"inside the prefix shared by every prompt ({prefix} positions)")
 
     def at(self, block: int) -> torch.Tensor | None:
         return self.vectors[block] if block < len(self.vectors) else None
@@ -137,7 +137,7 @@ def _prompt_layout(tokens: torch.Tensor) -> PromptLayout:
     for rank, i in enumerate(order):
         restore[i] = rank
     groups, eot_rows, start = [], [], 0
-    for rank, i in enumerate(order):
+    for i in order:
         s = suffix_lengths[i]
         if groups and groups[-1][0] == s:
             groups[-1][1] += 1
@@ -253,7 +253,11 @@ def causal_mask_is_plain(tower: nn.Module) -> bool:
     if cached is not None and cached[0]() is mask:
         return cached[1]
     upper = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
-    plain = mask.shape[0] == mask.shape[1] and bool(torch.equal(torch.isneginf(mask), upper)) and bool((mask[~upper] == 0).all())
+    plain = (
+        mask.shape[0] == mask.shape[1]
+        and bool(torch.equal(torch.isneginf(mask), upper))
+        and bool((mask[~upper] == 0).all())
+    )
     _PLAIN_MASKS[tower] = (weakref.ref(mask), plain)
     return plain
 
@@ -302,7 +306,14 @@ def _attend(
     return probs[..., p:] @ v + torch.einsum("bhqp,hpd->bhqd", probs[..., :p], prefix_v)
 
 
-def _shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor | None, rows: torch.Tensor, layout: PromptLayout, last: bool, padded: bool):
+def _shared_prefix_block(
+    block: ResidualAttentionBlock,
+    prefix: torch.Tensor | None,
+    rows: torch.Tensor,
+    layout: PromptLayout,
+    last: bool,
+    padded: bool,
+):
     """One block over the shared prefix [prefix, width] and the packed suffix rows [rows, width].
 
     In the last block only the EOT rows come out ([prompts, width]) and the prefix is not updated.
@@ -442,7 +453,9 @@ def normalize_fp32(features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=-1)
 
 
-def encode_with_context(tower: nn.Module, tokens: torch.Tensor, context: PromptContext | None, *, truncate: bool = True) -> torch.Tensor:
+def encode_with_context(
+    tower: nn.Module, tokens: torch.Tensor, context: PromptContext | None, *, truncate: bool = True
+) -> torch.Tensor:
     """Unnormalised features of prompts carrying learned context, the straightforward way: every prompt's
     whole sequence through open_clip's own blocks, the context spliced in before the blocks that have one
     (as CoOp's and MaPLe's text encoders do). ``truncate=False`` keeps all 77 positions, exactly the
@@ -468,7 +481,9 @@ def encode_with_context(tower: nn.Module, tokens: torch.Tensor, context: PromptC
     return _project(tower, x[torch.arange(x.shape[0], device=x.device), eot])
 
 
-def encode_prompts(model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool = True, context: PromptContext | None = None) -> torch.Tensor:
+def encode_prompts(
+    model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool = True, context: PromptContext | None = None
+) -> torch.Tensor:
     """Normalised fp32 text features of `tokens` [prompts, context], equal to open_clip's full-length
     `model.encode_text` to float tolerance, by the fastest exact path the text tower allows. The tower runs
     in the precision around it (autocast, or its weights' dtype); the normalisation is done in fp32.
@@ -480,8 +495,8 @@ def encode_prompts(model: nn.Module, tokens: torch.Tensor, *, share_prefix: bool
     tower = text_tower_or_none(model)
     if context is not None:
         if tower is None or not supports_truncation(tower) or not causal_mask_is_plain(tower):
-            raise ValueError(f"{type(model).__name__}: learned prompts need an open_clip text transformer with a causal "
-                             "mask and end-of-text pooling")
+            raise ValueError(f"{type(model).__name__}: learned prompts need an open_clip text transformer with a "
+                             "causal mask and end-of-text pooling")
         if share_prefix and supports_prefix_sharing(tower):
             return normalize_fp32(encode_shared_prefix(tower, tokens, context=context))
         return normalize_fp32(encode_with_context(tower, tokens, context))

@@ -6,7 +6,7 @@
     base = subsample_classes(splits, "base")
 """
 
-from . import catalog as _catalog  # noqa: F401  (registers the built-in datasets)
+from .catalog import coop_dataset  # registers the built-in datasets
 from .check import DataCheckReport, check_dataset
 from .fewshot import classes_short_of, fewshot, fewshot_cache_file, subsample_classes
 from .images import ImageDataset, open_image, unreadable_images
@@ -39,6 +39,7 @@ __all__ = [
     "check_dataset",
     "classes_short_of",
     "clean_classname",
+    "coop_dataset",
     "fewshot",
     "fewshot_cache_file",
     "get_spec",

@@ -1,13 +1,11 @@
-"""The built-in datasets, in the CoOp layout (folders, split files and prompts as NOTES.md lists them).
+"""The built-in datasets, in the CoOp layout: folders, split files (`split_zhou_*.json`) and prompt templates
+as CoOp's `datasets/*.py` define them (KaiyangZhou/CoOp; CoOp paper, Appendix A).
 
-Adding a dataset is one ``register_dataset(DatasetSpec(...))`` call here or in user code.
+Adding a dataset is one ``register_dataset(DatasetSpec(...))`` or `coop_dataset` call, in user code or in a
+plugin (`clipfit.plugins`).
 """
 
 from __future__ import annotations
-
-import functools
-
-from ..world.tasks import WORLD_TASKS, generate_task
 
 from .readers import (
     expect_coop_split,
@@ -29,9 +27,12 @@ from .registry import GENERIC_FORMATS, DatasetSpec, register_dataset
 from .samples import DEFAULT_TEMPLATE
 
 
-# One CoOp-layout dataset: CLI name, title, folder, image folder (split paths are relative to it),
-# split file, prompt template.
-def _coop(name: str, title: str, folder: str, image_dir: str, split_file: str, template: str, **kw) -> DatasetSpec:
+def coop_dataset(
+    name: str, title: str, folder: str, image_dir: str, split_file: str, template: str, **kw
+) -> DatasetSpec:
+    """Register a dataset in the CoOp layout: ``<data root>/<folder>/<image_dir>/...`` and a split file
+    (``split_zhou_*.json``: paths relative to ``image_dir``) in ``<folder>``; ``title`` as the papers'
+    tables name it, ``template`` its prompt; further `DatasetSpec` fields as keywords."""
     return register_dataset(
         DatasetSpec(
             name=name,
@@ -57,11 +58,14 @@ register_dataset(
         title="ImageNet",
     )
 )
-_coop("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", DEFAULT_TEMPLATE)
-_coop("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.")
-_coop("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE)
-_coop("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower.")
-_coop("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.")
+coop_dataset("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
+             DEFAULT_TEMPLATE)
+coop_dataset("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
+             "a photo of a {}, a type of pet.")
+coop_dataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE)
+coop_dataset("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+             "a photo of a {}, a type of flower.")
+coop_dataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.")
 register_dataset(
     DatasetSpec(
         name="fgvc_aircraft",
@@ -72,10 +76,12 @@ register_dataset(
         title="FGVCAircraft",
     )
 )
-_coop("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE)
-_coop("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json", "a photo of a {}, a type of texture.")
-_coop("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.")
-_coop("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}.")
+coop_dataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE)
+coop_dataset("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json",
+             "a photo of a {}, a type of texture.")
+coop_dataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.")
+coop_dataset("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
+             "a photo of a person doing {}.")
 register_dataset(
     DatasetSpec(
         name="imagenet_v2",
@@ -98,21 +104,6 @@ register_dataset(
         test_only=True,
     )
 )
-
-# The mini world's tasks (issue 3): generated into the data root on first use.
-for _task in WORLD_TASKS.values():
-    _coop(
-        _task.name,
-        _task.name,
-        _task.folder,
-        "images",
-        _task.split_file,
-        _task.template,
-        prepare=functools.partial(generate_task, _task.name),
-        test_only=_task.parent is not None,
-        mirror_invariant=_task.mirror_invariant,
-        min_crop_area=_task.min_crop_area,
-    )
 
 # Generic formats: `root` is the user's folder / CSV file itself, hence folder "".
 register_dataset(

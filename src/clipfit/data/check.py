@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipfit.defaults import CHECK_IMAGES_UP_TO
 from clipfit.errors import DataError
 
 from .images import unreadable_images
@@ -14,8 +15,6 @@ from .registry import Expectation, _absolute, get_spec
 from .samples import Sample
 
 MISSING_SHOWN = 5
-# decode=None decodes a dataset that lists at most this many images: a few seconds of decoding.
-DECODE_LIMIT = 2000
 UNREADABLE_SHOWN = 20
 
 
@@ -40,7 +39,7 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
     image files and, with ``decode``, every image that cannot be decoded.
 
     ``decode``: True opens and fully decodes every listed image of every split (``unreadable_images``),
-    False decodes none, None decodes when the dataset lists at most ``DECODE_LIMIT`` images. The report
+    False decodes none, None decodes when the dataset lists at most ``CHECK_IMAGES_UP_TO`` images. The report
     is not ok when anything is missing, a split the dataset needs (train, val and test; test alone for a
     test-only dataset) is empty, or an image does not decode. Never raises for bad data: a malformed
     split file is an ERROR line.
@@ -79,7 +78,8 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
             hint = exp.hint() if exp.hint is not None else ""
             near = []
             if not hint and exp.path.parent.is_dir():
-                near = [p for p in exp.path.parent.iterdir() if p.name.lower() == exp.path.name.lower() and p != exp.path]
+                wanted = exp.path.name.lower()
+                near = [p for p in exp.path.parent.iterdir() if p.name.lower() == wanted and p != exp.path]
             if hint:
                 report.lines.append(f"         {hint}")
             elif near:
@@ -116,9 +116,9 @@ def check_dataset(name: str, root: str | Path, *, decode: bool | None = None) ->
     else:
         report.lines.append("every listed image file exists")
     if decode is None:
-        decode = len(listed) <= DECODE_LIMIT
+        decode = len(listed) <= CHECK_IMAGES_UP_TO
         if not decode:
-            report.lines.append(f"images not decoded ({len(listed)} > {DECODE_LIMIT}); pass --decode")
+            report.lines.append(f"images not decoded ({len(listed)} > {CHECK_IMAGES_UP_TO}); pass --decode")
     elif not decode:
         report.lines.append("images not decoded (--no-decode)")
     if decode:

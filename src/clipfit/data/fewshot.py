@@ -71,7 +71,8 @@ def _write_atomic(path: Path, payload: dict) -> None:
         atomic_write_text(path, json.dumps(payload, indent=1))
     except OSError as exc:
         raise DataError(
-            f"cannot write few-shot cache {path}: {exc}; choose a writable folder for draws with --cache-dir (cache_dir=)"
+            f"cannot write few-shot cache {path}: {exc}; "
+            "choose a writable folder for draws with --cache-dir (cache_dir=)"
         ) from None
 
 
@@ -101,7 +102,9 @@ def _read_cache(path: Path, splits: DatasetSplits, shots: int, seed: int) -> tup
         chosen = []
         for i, row in enumerate(rows):
             if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)):
-                raise DataError(f"few-shot cache {path}: {split}[{i}] is {_short(row)}, not [path, label, classname]{fix}")
+                raise DataError(
+                    f"few-shot cache {path}: {split}[{i}] is {_short(row)}, not [path, label, classname]{fix}"
+                )
             s = current.get(row[0])
             if s is None or [s.label, s.classname] != row[1:]:
                 raise DataError(
@@ -127,7 +130,8 @@ def _short(value: object, limit: int = 80) -> str:
 def fewshot(splits: DatasetSplits, shots: int | None, seed: int, cache_dir: Path | None = None) -> DatasetSplits:
     """K train images per class drawn with ``seed``, val min(K, 4) per class, test untouched.
 
-    The draw is Dassl's (`DatasetBase.generate_fewshot_dataset` as CoOp's readers call it, NOTES.md):
+    The draw is Dassl's (KaiyangZhou/Dassl.pytorch@c61a1b5 `dassl/data/datasets/base_dataset.py`
+    `DatasetBase.generate_fewshot_dataset`, as KaiyangZhou/CoOp@ff61507's `datasets/*.py` readers call it):
     the same images, in the same order, that CoOp, CoCoOp, KgCoOp, MaPLe and CLIPFit train on for this
     seed and split file. A class with fewer than K images keeps all of them (see `classes_short_of`).
     ``shots`` None or <= 0 returns every image. With ``cache_dir`` the draw is stored as

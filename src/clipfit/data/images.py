@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -122,8 +122,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     ``cache_bytes``: memory budget (bytes) for decoded images kept across reads. Training reads every
     image once per epoch and decoding a JPEG costs far more than the crop, so a training set keeps each
-    decoded full-resolution RGB image (width x height x 4 bytes, as PIL stores it) until the budget is spent; images past
-    it are decoded on every read. The transform (random crop and flip included) runs on every read on
+    decoded full-resolution RGB image (width x height x 4 bytes, as PIL stores it) until the budget is
+    spent; images past it are decoded on every read. The transform (random crop and flip included) runs on every read on
     the same full-resolution image the reference transform sees, so the output is bit for bit the
     reference's for the same random state, cached or not. 0 keeps nothing (evaluation reads each image
     once). With ``num_workers > 0`` every data-loading process holds its own cache.

@@ -19,8 +19,8 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from clipfit.errors import DataError
 from clipfit.files import path_from_text, text_from_path
@@ -178,7 +178,8 @@ def _warn_lookalike_classnames(raw_names: list[str], where: Path) -> None:
         if key in first and first[key] != raw:
             warnings.warn(
                 f"{where}: class labels {first[key]!r} and {raw!r} differ only in case, underscores or "
-                "spacing and are kept as two classes; rename one if they are the same class"
+                "spacing and are kept as two classes; rename one if they are the same class",
+                stacklevel=2,
             )
         first.setdefault(key, raw)
 
@@ -216,7 +217,10 @@ def _unique_classnames(
 
 
 def split_file_description(spec: DatasetSpec) -> str:
-    where = "written when the task is generated" if spec.prepare is not None else "from the CoOp repository's DATASETS.md"
+    if spec.prepare is not None:
+        where = "written when the task is generated"
+    else:
+        where = "from the CoOp repository's DATASETS.md"
     return f"split file {spec.split_file}: JSON {{train,val,test: [[relpath,label,classname],...]}}, {where}"
 
 
@@ -316,7 +320,9 @@ def parse_coop_split(path: Path, image_dir: Path) -> tuple[list[str], dict[str, 
                 "labels must be 0..n-1 without gaps"
             )
     classnames = _unique_classnames(
-        [names[i][0] for i in range(len(names))], path, [f"label {i}, first at {names[i][1]}" for i in range(len(names))]
+        [names[i][0] for i in range(len(names))],
+        path,
+        [f"label {i}, first at {names[i][1]}" for i in range(len(names))],
     )
     out = {
         split: [Sample(image_dir / path_from_text(rel), label, classnames[label]) for rel, label in samples[split]]  # type: ignore[misc]
@@ -489,7 +495,8 @@ def read_imagenet_classnames(root: Path) -> tuple[list[str], list[str]]:
     if synonym_example:
         warnings.warn(
             f"{path}: class names are WordNet synonym lists; taking the first name of each "
-            f"(e.g. {synonym_example}), as CoOp's classnames.txt names them"
+            f"(e.g. {synonym_example}), as CoOp's classnames.txt names them",
+            stacklevel=2,
         )
     return wnids, _unique_classnames(raw, path, ids, _IMAGENET_NAMES_FIX)
 

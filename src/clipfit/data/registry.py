@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 from clipfit.errors import DataError
+from clipfit.registry import Registry
 
 from .samples import DatasetSplits, check_template
 
@@ -52,7 +54,7 @@ class DatasetSpec:
     folder: str
     template: str
     reader: DatasetReader
-    expected: Callable[[Path, "DatasetSpec"], list[Expectation]]
+    expected: Callable[[Path, DatasetSpec], list[Expectation]]
     prepare: Callable[[Path], None] | None = None
     title: str = ""  # as the papers' tables name it, e.g. "EuroSAT"
     split_file: str | None = None  # CoOp split JSON, in the dataset folder
@@ -69,26 +71,26 @@ class DatasetSpec:
         return Path(root) / self.folder
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+# The CoOp family's eleven datasets in its papers' table order, then the test-only ImageNet variants;
+# datasets registered by plugins (the mini world's tasks) follow alphabetically.
+DATASETS: Registry[DatasetSpec] = Registry("dataset", error=DataError, order=(
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+    "sun397", "dtd", "eurosat", "ucf101", "imagenet_v2", "imagenet_sketch"))
 
 # Formats whose root is the dataset itself; not benchmark datasets, so kept out of DATASETS.
-GENERIC_FORMATS: dict[str, DatasetSpec] = {}
+GENERIC_FORMATS: Registry[DatasetSpec] = Registry("dataset format", error=DataError, order=("imagefolder", "csv"))
 
 
-def register_dataset(spec: DatasetSpec, *, registry: dict[str, DatasetSpec] | None = None) -> DatasetSpec:
-    """Add ``spec`` to the registry under ``spec.name``; registering a different spec twice fails."""
-    target = DATASETS if registry is None else registry
-    existing = target.get(spec.name)
-    if existing is not None and existing != spec:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    target[spec.name] = spec
-    return spec
+def register_dataset(spec: DatasetSpec, *, registry: Registry[DatasetSpec] | None = None) -> DatasetSpec:
+    """Add ``spec`` to the registry under ``spec.name``; registering a different spec twice raises `ValueError`."""
+    return (DATASETS if registry is None else registry).register(spec.name, spec)
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """The spec of a registered dataset or generic format; `DataError` naming close matches otherwise."""
     spec = DATASETS.get(name) or GENERIC_FORMATS.get(name)
     if spec is None:
-        names = sorted(DATASETS) + sorted(GENERIC_FORMATS)
+        names = DATASETS.names() + GENERIC_FORMATS.names()
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise DataError(f"unknown dataset {name!r}{hint}; known: {', '.join(names)}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipfit.errors import ClipFitError
+from clipfit.config import check_template  # noqa: F401  (re-exported: readers check templates)
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -51,22 +50,3 @@ class DatasetSplits:
 def clean_classname(raw: str) -> str:
     """Class names as prompts use them: underscores become spaces, outer whitespace goes."""
     return raw.replace("_", " ").strip()
-
-
-def check_template(template: str) -> None:
-    """A prompt template has exactly one ``{}`` (the class name) and no other format field; literal braces
-    are written ``{{`` and ``}}``. Raises `ClipFitError` naming the template."""
-    try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
-    except ValueError as err:
-        raise ClipFitError(f"prompt template {template!r}: {err} (write a literal brace as {{{{ or }}}})") from None
-    if fields == [("", "", None)]:
-        return
-    named = [name for name, _, _ in fields if name]
-    if named:
-        detail = f"a named field {{{named[0]}}}"
-    elif len(fields) != 1:
-        detail = f"{len(fields)} '{{}}'"
-    else:
-        detail = "a format spec or conversion"
-    raise ClipFitError(f"prompt template {template!r} must have exactly one '{{}}' for the class name, and it has {detail}")

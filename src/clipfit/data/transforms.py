@@ -7,8 +7,7 @@ Test: resize the short side (bicubic), center crop, normalise.
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -21,7 +21,16 @@ from torch import nn
 
 from ..errors import ClipFitError
 from ..text_encoding import fp32, normalize_fp32
-from .base import HeadConfig, HeadedMethod, Method, MethodConfig, register_method, register_variant, train_image_layernorms
+from .base import (
+    HeadConfig,
+    HeadedMethod,
+    Method,
+    MethodConfig,
+    Regime,
+    register_method,
+    register_variant,
+    train_image_layernorms,
+)
 from .prompts import CoOp
 
 AUGMENTATIONS = ("cached-views", "fresh")
@@ -99,13 +108,11 @@ class LinearProbe(FrozenFeatureMixin, Method):
     name = "linear-probe"
     description = "linear probe (Radford et al., 2021; CoOp's lpclip): logistic regression on frozen image features, C searched on validation"
     config_class = LinearProbeConfig
-    fits = True
-    reads_validation = True
     classifies_unseen_classes = False
 
-    @property
-    def feature_views(self) -> int:
-        return 0  # the un-augmented training images, once
+    @classmethod
+    def training_regime(cls, config):
+        return Regime(fit=True, optimise=None, views=0)  # the un-augmented training images, once
 
     def add_modules(self):
         self.head = nn.Linear(self.clip.visual.output_dim, len(self.classnames)).requires_grad_(False)
@@ -239,9 +246,11 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
     def optim_defaults(cls, protocol, dataset, shots=16):
         return CoOp.optim_defaults(protocol, dataset, shots)
 
-    @property
-    def feature_views(self):
-        return self.config.views if self.config.augmentation == "cached-views" else None
+    @classmethod
+    def training_regime(cls, config):
+        if config.augmentation == "cached-views":
+            return Regime(optimise="features", views=config.views)
+        return Regime()
 
     def backbone_parameters(self):
         return dict(self.image_norms)
@@ -333,8 +342,6 @@ class TipAdapter(FrozenFeatureMixin, Method):
     name = "tip-adapter"
     description = "Tip-Adapter (Zhang et al., ECCV 2022): training-free cache of few-shot features, alpha/beta searched on validation"
     config_class = TipAdapterConfig
-    fits = True
-    reads_validation = True
     classifies_unseen_classes = False
 
     def add_modules(self):
@@ -351,9 +358,9 @@ class TipAdapter(FrozenFeatureMixin, Method):
         init_alpha, (beta_max, alpha_max) = TIP_CONFIGS.get(dataset, TIP_CONFIGS["imagenet"])
         return {"alpha": init_alpha, "beta_max": beta_max, "alpha_max": alpha_max, "views": VIEWS}
 
-    @property
-    def feature_views(self):
-        return self.config.views  # the cache's views, whatever the training (Tip-Adapter-F) reads
+    @classmethod
+    def training_regime(cls, config):
+        return Regime(fit=True, optimise=None, views=config.views)  # the cache's views
 
     def parameter_groups(self):
         return {}
@@ -432,7 +439,6 @@ class TipAdapterF(TipAdapter):
     name = "tip-adapter-f"
     description = "Tip-Adapter-F (Zhang et al., ECCV 2022): the cache's keys fine-tuned, alpha/beta searched on validation"
     config_class = TipAdapterFConfig
-    optimises_after_fit = True
 
     def add_modules(self):
         super().add_modules()
@@ -449,9 +455,11 @@ class TipAdapterF(TipAdapter):
         return {"optimizer": "adamw", "schedule": "cosine-iterations", "lr": 0.001, "eps": 1e-4, "weight_decay": 0.01,
                 "batch_size": 256, "epochs": TIP_F_EPOCHS.get(dataset, 20), "warmup_epochs": 0, "min_lr": 0.0}
 
-    @property
-    def trains_on_stored_features(self) -> bool:
-        return self.config.augmentation == "cached-views"
+    @classmethod
+    def training_regime(cls, config):
+        """The cache fitted from its views, then its keys optimised on those views or on fresh images."""
+        return Regime(fit=True, optimise="features" if config.augmentation == "cached-views" else "images",
+                      views=config.views)
 
     def parameter_groups(self):
         if not len(self.cache_keys):

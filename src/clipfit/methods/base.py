@@ -16,19 +16,79 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
-from ..data.samples import check_template
+from ..adapter import AdapterInfo, read_adapter, save_adapter
+from ..backbone import Backbone, load_backbone, weights_fingerprint
+from ..config import check_device, check_template
 from ..errors import ClipFitError
+from ..precision import apply_precision
+from ..registry import Registry
 from ..text_encoding import fp32, normalize_fp32
 
 # Prefix of the adapter-file keys of tensors a method adds (see the module doc).
 ADDED = "method."
+# The adapter file's name in a run's seed folder.
+ADAPTER_FILE = "adapter.safetensors"
+
+OPTIMISE_INPUTS = ("images", "features")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How the engine trains a method, the one description of it that the engine, the runner and the CLI read.
+
+    ``fit``: a one-pass fit (`Method.fit`, no gradients) on stored features of the training images (a
+    feature cache, a closed-form probe), which also receives the validation split's features to select on.
+    ``optimise``: the optimisation loop after it, None for none, "images" for fresh augmentations through
+    the image tower at every step, "features" for the stored features (`Method.feature_loss`).
+    ``views``: how many augmented views of each training image are encoded once and stored (0: the
+    un-augmented images once, under the evaluation transform); None when nothing is stored.
+    A method that fits and then optimises (Tip-Adapter-F) gets `Method.after_training` with the validation
+    features once the optimisation ends.
+    """
+
+    fit: bool = False
+    optimise: str | None = "images"
+    views: int | None = None
+
+    def __post_init__(self):
+        if self.optimise not in (None, *OPTIMISE_INPUTS):
+            raise ValueError(f"Regime.optimise must be None or one of {OPTIMISE_INPUTS}, got {self.optimise!r}")
+        if (self.fit or self.optimise == "features") != (self.views is not None):
+            raise ValueError(f"{self}: a regime that fits or optimises on stored features names its views, others none")
+
+    @property
+    def trains(self) -> bool:
+        """Whether anything is fitted or optimised (zero-shot: neither; it draws no few-shot set either)."""
+        return self.fit or self.optimise is not None
+
+    def __str__(self) -> str:
+        steps = (["fit"] if self.fit else []) + ([f"optimise on {self.optimise}"] if self.optimise else [])
+        return ", then ".join(steps) or "no training"
+
+
+NO_TRAINING = Regime(optimise=None)
+
+
+@dataclass
+class Loss:
+    """One batch's loss as the engine receives it: ``total`` the scalar fp32 tensor whose gradient trains
+    (unless `Method.backward` combines the terms otherwise, as ProGrad does), ``terms`` its named parts as
+    tensors (the log's columns; a term may keep its graph for `backward`). No host sync: the engine
+    fetches the logged values once per epoch."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def term_values(self) -> dict[str, float]:
+        """The terms as Python numbers (a host sync per term: for a log line or a test, not inside a step)."""
+        return {name: float(value.detach()) for name, value in self.terms.items()}
 
 
 @dataclass
@@ -53,17 +113,6 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     # Options a registered variant fixes (`register_variant`): `coop+ln` is `coop` with layernorm=True.
     preset: ClassVar[dict] = {}
-    # Methods that do not train (zero-shot) skip the training loop entirely (and draw no few-shot set).
-    trains: ClassVar[bool] = True
-    # Methods fitted in one pass (a feature cache, a closed-form probe): `fit` sees the training set's
-    # stored features once, without gradients, instead of the optimisation loop (or before it, with
-    # `optimises_after_fit`); the run folder and adapter file are the same.
-    fits: ClassVar[bool] = False
-    # A method that fits first and then also optimises (Tip-Adapter-F: the cache, then its keys trained).
-    optimises_after_fit: ClassVar[bool] = False
-    # Methods that select something on the few-shot validation split (a regularisation strength, the
-    # cache's alpha and beta) get its features in `fit` / `after_training`; no method selects on a test split.
-    reads_validation: ClassVar[bool] = False
     # What besides the class name makes up a prompt, for the over-long-prompt message.
     prompt_source: ClassVar[str] = "the template"
     # Whether the classifier is built from class names alone, so that it can classify classes it never
@@ -87,6 +136,15 @@ class Method(nn.Module):
     def add_modules(self) -> None:
         """Create the modules the method adds and select the backbone tensors it trains (before the class
         list is set). Random initialisations draw from torch's global generator: the runner seeds it."""
+
+    @classmethod
+    def training_regime(cls, config: MethodConfig) -> Regime:
+        """How the engine trains this method with these options (default: optimise on fresh images)."""
+        return Regime()
+
+    @property
+    def regime(self) -> Regime:
+        return self.training_regime(self.config)
 
     @classmethod
     def protocol_defaults(cls, protocol: str, dataset: str, shots: int = 16) -> dict:
@@ -157,8 +215,15 @@ class Method(nn.Module):
         return {**self.backbone_parameters(), **self.added_parameters()}
 
     def parameter_groups(self) -> dict[str, int]:
-        """Trainable parameter counts per group, for `clipfit params` and run summaries."""
-        return {}
+        """Trainable parameter counts per group, for `clipfit params` and run summaries. Derived from
+        `trainable_parameters` unless a method names its own groups: a backbone tensor counts towards
+        "text" or "image" (its tower), an added one towards its module's name (`prompt_learner`)."""
+        groups: dict[str, int] = {}
+        visual = {id(p) for p in self.clip.visual.parameters()}
+        for key, p in self.trainable_parameters().items():
+            group = key[len(ADDED):].split(".")[0] if key.startswith(ADDED) else "image" if id(p) in visual else "text"
+            groups[group] = groups.get(group, 0) + p.numel()
+        return groups
 
     @property
     def image_tower_trains(self) -> bool:
@@ -171,29 +236,16 @@ class Method(nn.Module):
     def prepare_training(self) -> None:
         """Compute once, before the first step, whatever the loss compares against."""
 
-    @property
-    def feature_views(self) -> int | None:
-        """How many augmented views of each training image to encode once and train on (`clipfit.features`),
-        for a method that reads images only through the frozen image tower's features (`encode_images`);
-        0: the un-augmented images once (the evaluation transform); None (the default): the image tower
-        runs on fresh augmentations at every step."""
-        return None
-
-    @property
-    def trains_on_stored_features(self) -> bool:
-        """Whether the optimisation reads the `feature_views` encoded once (else fresh augmentations)."""
-        return self.feature_views is not None
-
     def fit(self, features: torch.Tensor, labels: torch.Tensor,
             val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
-        """A training-free method's fit (only called when `fits` is True), under no_grad: ``features``
-        [views, N, dim] are `encode_images` of the training images in `feature_views` views, ``labels`` [N];
-        ``val`` the validation images' (features [M, dim], labels [M]) under the evaluation transform, or
-        None when the split has none. Returns figures for the log."""
-        raise NotImplementedError(f"method {self.name!r} sets fits = True but has no fit()")
+        """The one-pass fit of a method whose `regime` fits, under no_grad: ``features`` [views, N, dim] are
+        `encode_images` of the training images in the regime's views, ``labels`` [N]; ``val`` the validation
+        images' (features [M, dim], labels [M]) under the evaluation transform, or None when the split has
+        none. Returns figures for the log (numbers)."""
+        raise NotImplementedError(f"method {self.name!r}: its regime fits, but it has no fit()")
 
     def after_training(self, val_features: torch.Tensor, val_labels: torch.Tensor) -> dict[str, float] | None:
-        """After the optimisation, under no_grad, for a method with `reads_validation`: select what it
+        """After the optimisation of a method that fits and then optimises, under no_grad: select what it
         selects on the validation images' features [M, dim] (Tip-Adapter-F's alpha and beta); figures for
         the log, or None."""
         return None
@@ -243,23 +295,23 @@ class Method(nn.Module):
         """fp32 logits [batch, classes] of preprocessed images against `classifier()`'s output."""
         return self.logits_from_features(self.encode_images(images), classifier)
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one batch of preprocessed images (a scalar fp32 tensor) and its named parts for the log."""
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Loss:
+        """The `Loss` of one batch of preprocessed images [batch, 3, H, W] with labels [batch]."""
         return self.feature_loss(self.encode_images(images), labels)
 
-    def feature_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one batch given its image features (`encode_images`' output: what a method with
-        `feature_views` trains on); cross-entropy of the logits by default."""
+    def feature_loss(self, features: torch.Tensor, labels: torch.Tensor) -> Loss:
+        """The `Loss` of one batch given its image features (`encode_images`' output [batch, dim]: what a
+        regime that optimises on stored features reads); cross-entropy of the logits by default."""
         logits = self.logits_from_features(features, self.classifier())
         with fp32(logits.device):
             loss = F.cross_entropy(logits, labels)
-        return loss, {"ce": loss.item()}
+        return Loss(loss, {"ce": loss})
 
-    def backward(self, loss: torch.Tensor, scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def backward(self, loss: Loss, scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Put this step's gradients into the trainable tensors' `.grad` (the engine zeroed them).
-        ``scale`` is the loss scaler's (the identity without one). ProGrad overrides it to combine two
-        losses' gradients."""
-        scale(loss).backward()
+        ``scale`` is the loss scaler's (the identity without one). ProGrad overrides it to combine the
+        gradients of two of its terms."""
+        scale(loss.total).backward()
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """What an adapter file holds: the backbone tensors the method trains, and every parameter and
@@ -278,6 +330,52 @@ class Method(nn.Module):
             raise ClipFitError(f"method {self.name!r} cannot be exported for plain open_clip: its learned prompts change "
                                "how the towers run; classify with its run folder: clipfit predict --run SEED_FOLDER")
         return "open_clip", self.clip.state_dict(), {}, {}
+
+    def save_pretrained(self, path: str | Path, *, precision: str = "fp32", options: dict | None = None) -> Path:
+        """Write this method's adapter file (peft's name): `adapter_state` with the metadata that rebuilds it
+        from its base weights alone (architecture, pretrained tag and fingerprint, method and ``options``,
+        by default every field of its config; the training classes; template; the ``precision`` it was
+        trained in). ``path``: a file, or a folder to hold `adapter.safetensors`. Written atomically;
+        returns the file's path. `from_pretrained` reads it back."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ADAPTER_FILE
+        info = AdapterInfo(
+            model=self.backbone.model_name, pretrained=self.backbone.pretrained, method=self.name,
+            method_options=dataclasses.asdict(self.config) if options is None else options,
+            classnames=self.classnames, template=self.template,
+            weights=weights_fingerprint(self.backbone.model_name, self.backbone.pretrained), precision=precision,
+        )
+        save_adapter(path, self.adapter_state(), info)
+        return path
+
+    @staticmethod
+    def from_pretrained(path: str | Path, *, device: str = "auto", backbone: Backbone | None = None,
+                        precision: str | None = None) -> Method:
+        """The tuned model an adapter file describes, from the file and its base weights alone (peft's name):
+        the backbone its metadata names (or ``backbone``, the same base model already loaded: it is changed
+        in place) with the method built on it and the file's tensors in, in eval mode and the precision it
+        was trained in (``precision`` for a file that records none). ``path``: the file, or a run's seed
+        folder. `ClipFitError` naming the file when it is unreadable, corrupted, trained on other weights,
+        or does not match its method."""
+        path = Path(path)
+        if path.is_dir():  # a run's seed folder holds its adapter file
+            path = path / ADAPTER_FILE
+        tensors, info = read_adapter(path)
+        current = weights_fingerprint(info.model, info.pretrained)
+        if info.weights and info.weights != current:
+            raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained} "
+                               f"with weights {info.weights}, which now are {current}; retrain it on these weights")
+        if backbone is None:
+            backbone = load_backbone(info.model, info.pretrained, device=check_device(device))
+        elif (backbone.model_name, backbone.pretrained) != (info.model, info.pretrained):
+            raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained}, not on the given "
+                               f"{backbone.model_name} {backbone.pretrained}")
+        method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
+        apply_precision(method, precision or info.precision)  # the weight layout it was trained and measured in
+        method.load_adapter_state(tensors, source=str(path))
+        method.eval()
+        return method
 
     def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
         """Copy an adapter file's tensors in; `ClipFitError` naming the file when a key or shape differs."""
@@ -380,15 +478,19 @@ def select_parameters(model: nn.Module, modules_and_attrs: list[tuple[nn.Module,
     return {name: p for name, p in model.named_parameters() if id(p) in wanted}
 
 
-METHODS: dict[str, type[Method]] = {}
+# Listing order (`clipfit methods`, the leaderboard's rows before sorting): CLIPFit and its Table 5-6
+# ablations, the CoOp family, zero-shot, the adapter family, CLIP-LoRA, VPT; a plugin's methods follow
+# alphabetically.
+METHODS: Registry[type[Method]] = Registry("method", order=(
+    "clipfit", "bitfit-all", "bitfit-text", "bitfit-text-mlp", "bitfit-text-proj", "ln-only", "clipfit-no-kd",
+    "clipfit-no-ln", "coop", "coop+ln", "kgcoop", "kgcoop+ln", "prograd", "cocoop", "maple", "zeroshot",
+    "linear-probe", "clip-adapter", "clip-adapter+ln", "tip-adapter", "tip-adapter-f", "clip-lora", "vpt-shallow",
+    "vpt-deep"))
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Add a method under `cls.name`; a name taken by another class raises `ValueError`."""
-    if METHODS.get(cls.name, cls) is not cls:
-        raise ValueError(f"method {cls.name!r} is already registered (by {METHODS[cls.name].__module__})")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls.name, cls)
 
 
 def register_variant(base: type[Method], name: str, description: str, **preset) -> type[Method]:
@@ -421,11 +523,15 @@ def method_config(name: str, options: dict | None = None) -> MethodConfig:
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ClipFitError(f"unknown method {name!r} (available: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
+    """The registered method class named ``name``; `ClipFitError` naming close matches otherwise."""
+    return METHODS.lookup(name)
 
 
 def build_method(name: str, backbone: Backbone, classnames: list[str], template: str, options: dict | None = None) -> Method:
     cls = get_method(name)
     return cls(backbone, classnames, template, method_config(name, options))
+
+
+def method_regime(name: str, options: dict | None = None) -> Regime:
+    """How the engine trains method ``name`` with ``options`` (checked as `method_config` checks them)."""
+    return get_method(name).training_regime(method_config(name, options))

@@ -20,10 +20,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbone import image_block_biases, image_layernorms, text_block_biases, text_mlp_linears, text_mlp_output_projections
+from ..backbone import (
+    image_block_biases,
+    image_layernorms,
+    text_block_biases,
+    text_mlp_linears,
+    text_mlp_output_projections,
+)
 from ..errors import ClipFitError
 from ..text_encoding import fp32
-from .base import Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared, select_parameters
+from .base import (
+    Loss,
+    Method,
+    MethodConfig,
+    feature_distance,
+    register_method,
+    register_variant,
+    require_prepared,
+    select_parameters,
+)
 
 REGULARIZERS = ("kd", "bias-mse", "none")
 
@@ -162,10 +177,9 @@ class CLIPFit(Method):
         with fp32(logits.device):
             ce = F.cross_entropy(logits, labels)
         if self.config.regularizer == "none":
-            return ce, {"ce": ce.item()}
+            return Loss(ce, {"ce": ce})
         reg = self.regularization(class_features)
-        loss = ce + self.config.beta * reg
-        return loss, {"ce": ce.item(), self.config.regularizer: reg.item()}
+        return Loss(ce + self.config.beta * reg, {"ce": ce, self.config.regularizer: reg})
 
 
 # CLIPFit's Table 5 (BitFit strategies, trained with the CE loss alone) and Table 6 (ablations).

@@ -28,8 +28,16 @@ from torch import nn
 from ..backbone import text_tower
 from ..errors import ClipFitError
 from ..text_encoding import PromptContext, encode_prompts, fp32
-from .base import (Method, MethodConfig, feature_distance, register_method, register_variant, require_prepared,
-                   train_image_layernorms)
+from .base import (
+    Loss,
+    Method,
+    MethodConfig,
+    feature_distance,
+    register_method,
+    register_variant,
+    require_prepared,
+    train_image_layernorms,
+)
 
 # CoOp's few-shot schedule by shots (COOP.md, scripts/coop/main.sh: *_ep50, *_ep100, plain = 200 epochs);
 # ImageNet trains 50 epochs at every shot count.
@@ -234,7 +242,7 @@ class KgCoOp(CoOp):
         with fp32(logits.device):
             ce = F.cross_entropy(logits, labels)
             kg = feature_distance(class_features, self.handcrafted_features)
-        return ce + self.config.w * kg, {"ce": ce.item(), "kg": kg.item()}
+        return Loss(ce + self.config.w * kg, {"ce": ce, "kg": kg})
 
 
 register_variant(KgCoOp, "kgcoop+ln", "KgCoOp with the image LayerNorms also trained (CLIPFit Table 4, +UL)", layernorm=True)
@@ -328,16 +336,17 @@ class ProGrad(CoOp):
         t = self.config.temperature
         with fp32(logits.device):
             ce = F.cross_entropy(logits, labels)
-            self._kd = t * t * (-(teacher / t).softmax(-1) * (logits / t).log_softmax(-1)).sum(-1).mean()
-        return ce, {"ce": ce.item(), "kd": self._kd.item()}
+            kd = t * t * (-(teacher / t).softmax(-1) * (logits / t).log_softmax(-1)).sum(-1).mean()
+        # The total is CE alone: `backward` applies CE's gradient, projected away from where it conflicts
+        # with the KD term's (which keeps its graph for that).
+        return Loss(ce, {"ce": ce, "kd": kd})
 
     def backward(self, loss, scale):
         """Apply the CE gradient, projected per tensor where it conflicts with the KD gradient
         (Dassl.ProGrad `prograd_backward_and_update`)."""
         params = list(self.trainable_parameters().values())
-        kd_grads = torch.autograd.grad(scale(self._kd), params, retain_graph=True, allow_unused=True)
-        ce_grads = torch.autograd.grad(scale(loss), params, allow_unused=True)
-        self._kd = None
+        kd_grads = torch.autograd.grad(scale(loss.terms["kd"]), params, retain_graph=True, allow_unused=True)
+        ce_grads = torch.autograd.grad(scale(loss.total), params, allow_unused=True)
         for p, g_ce, g_kd in zip(params, ce_grads, kd_grads):
             if g_ce is None:
                 continue

@@ -1,6 +1,6 @@
 """Contrastive pretraining of the mini CLIP on the mini world's caption stream.
 
-    python -m clipfit.world.pretrain --out src/clipfit/weights/mini-clip.safetensors --seed 0
+    python -m clipfit_world.pretrain --out src/clipfit/weights/mini-clip.safetensors --seed 0
 
 Deterministic given the seed on one machine: the model init is seeded, and batch k is pairs
 [k*B, (k+1)*B) of the stream `scenes.pretraining_pair(seed, i)`. Writes fp16 safetensors (with the
@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from clipfit.text_encoding import encode_truncated
-from clipfit.world.model import MEAN, MODEL_NAME, STD, create_mini_clip
-from clipfit.world.scenes import pretraining_pair
+from clipfit_world.model import MEAN, MODEL_NAME, STD, create_mini_clip
+from clipfit_world.scenes import pretraining_pair
 
 
 @dataclass

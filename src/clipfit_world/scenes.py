@@ -9,12 +9,12 @@ tower has to learn words, not one template.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
-from clipfit.world import render as R
+from clipfit_world import render as R
 
 SHAPE_WORDS = {
     "circle": ["circle", "circle", "disc", "round shape"],

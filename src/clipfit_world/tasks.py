@@ -13,17 +13,17 @@ import math
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from clipfit.errors import DataError
 from clipfit.files import pid_alive
-from clipfit.world import render as R
-from clipfit.world import scenes as S
+from clipfit_world import render as R
+from clipfit_world import scenes as S
 
 Renderer = Callable[[str, np.random.Generator], Image.Image]
 

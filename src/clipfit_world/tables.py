@@ -4,30 +4,28 @@
 every chosen method (by default every registered one) the few-shot accuracy at 1, 2, 4, 8 and 16 shots
 and the 16-shot base-to-new Base / New / HM, mean over seeds, each method with its own paper's recipe
 (a method whose default classifier cannot name unseen classes has no base-to-new cell). `to_markdown`
-writes the per-task table (zero-shot and CLIPFit), `leaderboard_markdown` one row per method. A test-only shifted domain (such as
-`mini_shapes_sketch`) gets its zero-shot accuracy only. Every HM is the papers' average: the harmonic
-mean of the mean Base and the mean New (over seeds in a row, over tasks in the mean row), not a mean of
-per-seed or per-task HMs. Finished runs are reused, so an interrupted table resumes where it stopped.
+writes the per-task table (zero-shot and CLIPFit), `leaderboard_markdown` one row per method. A
+test-only shifted domain (such as `mini_shapes_sketch`) gets its zero-shot accuracy only. Every HM is
+the papers' average: the harmonic mean of the mean Base and the mean New (over seeds in a row, over
+tasks in the mean row), not a mean of per-seed or per-task HMs. Finished runs are reused, so an
+interrupted table resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import defaults
-from .config import RunConfig
-from .errors import ClipFitError
-from .engine import OptimConfig
-from .files import atomic_write_text
-from .methods import METHODS, get_method
-from .protocols import harmonic_mean
-from .runner import _read_json_object, resolve, run, setting, upgraded_setting
-from .world.tasks import WORLD_TASKS
+from clipfit import defaults
+from clipfit.config import OptimConfig, RunConfig
+from clipfit.methods import METHODS, get_method, method_regime
+from clipfit.protocols import harmonic_mean
+from clipfit.runner import _read_json_object, resolve, run, setting, upgraded_setting
+from clipfit_world.tasks import WORLD_TASKS
 
-README_START = "<!-- mini-world-table:start -->"
-README_END = "<!-- mini-world-table:end -->"
+TABLE_OUT = "runs/mini-world-table"
+README_NAME = "mini-world-table"
+README_START, README_END = f"<!-- {README_NAME}:start -->", f"<!-- {README_NAME}:end -->"
 LEADERBOARD = "mini-world-leaderboard"
 METRICS = ("base", "new", "hm")
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
@@ -35,7 +33,7 @@ FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
 def trained_methods() -> list[str]:
     """Every registered method that trains, in registration order (CLIPFit first)."""
-    return [name for name, cls in METHODS.items() if cls.trains]
+    return [name for name in METHODS if method_regime(name).trains]
 
 
 @dataclass
@@ -47,7 +45,7 @@ class MiniWorldTableConfig:
     # None: each method's own epochs for the protocol (its paper's); a number overrides them all.
     epochs: int | None = None
     data_root: str = field(default_factory=lambda: str(defaults.default_data_root()))
-    out: str = defaults.TABLE_OUT
+    out: str = TABLE_OUT
     fewshot_shots: tuple[int, ...] = FEWSHOT_SHOTS
     # False: only read the finished runs (a cell still to run is None), to write a partial table while
     # the runs go on elsewhere.
@@ -58,7 +56,10 @@ def _setting(table: MiniWorldTableConfig, task: str, method: str, protocol: str,
              shots: int | None = None) -> RunConfig:
     shots = table.shots if shots is None else shots
     # Base-to-new folders keep the name they had before the few-shot columns (finished runs are reused).
-    name = f"{task}-{protocol}-{method}" if protocol == "base2new" or method == "zeroshot" else f"{task}-{protocol}-{shots}shot-{method}"
+    if protocol == "base2new" or method == "zeroshot":
+        name = f"{task}-{protocol}-{method}"
+    else:
+        name = f"{task}-{protocol}-{shots}shot-{method}"
     return RunConfig(
         method=method, model="mini-clip", pretrained="builtin", dataset=task, data_root=table.data_root,
         protocol=protocol, shots=shots, seeds=seeds, optim=OptimConfig(epochs=table.epochs), out=f"{table.out}/{name}",
@@ -72,7 +73,8 @@ def finished_summary(config: RunConfig) -> dict | None:
     if not path.is_file():
         return None
     summary = _read_json_object(path, "move it away or use --overwrite")
-    if upgraded_setting(summary.get("setting", {})) != setting(config) or sorted(summary.get("seeds", [])) != sorted(config.seeds):
+    same_seeds = sorted(summary.get("seeds", [])) == sorted(config.seeds)
+    if upgraded_setting(summary.get("setting", {})) != setting(config) or not same_seeds:
         return None
     return summary
 
@@ -102,17 +104,21 @@ def mini_world_table(table: MiniWorldTableConfig, progress: bool = True) -> list
         # Zero-shot does not depend on the seed: one seed gives its all-class and base/new accuracies.
         zero_all = run(_setting(table, task, "zeroshot", "few-shot", table.seeds[:1]), progress=progress, echo=False)
         zero_b2n = run(_setting(table, task, "zeroshot", "base2new", table.seeds[:1]), progress=progress, echo=False)
-        rows[task] = {"task": task, "classes": len(WORLD_TASKS[task].classnames), "zeroshot_all": zero_all["mean"]["accuracy"],
+        rows[task] = {"task": task, "classes": len(WORLD_TASKS[task].classnames),
+                      "zeroshot_all": zero_all["mean"]["accuracy"],
                       "zeroshot": {k: zero_b2n["mean"][k] for k in METRICS}, "methods": {}, "fewshot": {}}
     trained = [(task, row) for task, row in rows.items() if "test_domain_of" not in row]
-    for method in [m for m in table.methods if get_method(m).trains]:  # zero-shot is every table's baseline row
+    for method in [m for m in table.methods if method_regime(m).trains]:  # zero-shot is every table's baseline row
         base2new = get_method(method).classifies_unseen({})
         for task, row in trained:
-            summary = execute(_setting(table, task, method, "base2new", table.seeds), progress=progress, echo=False) if base2new else None
+            summary = None
+            if base2new:
+                summary = execute(_setting(table, task, method, "base2new", table.seeds), progress=progress, echo=False)
             row["methods"][method] = _cell(summary, METRICS)
         for shots in table.fewshot_shots:
             for task, row in trained:
-                summary = execute(_setting(table, task, method, "few-shot", table.seeds, shots), progress=progress, echo=False)
+                config = _setting(table, task, method, "few-shot", table.seeds, shots)
+                summary = execute(config, progress=progress, echo=False)
                 row["fewshot"].setdefault(method, {})[shots] = _cell(summary, ("accuracy",))
     return list(rows.values())
 
@@ -148,14 +154,15 @@ def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
         z, fit = row["zeroshot"], row["methods"]["clipfit"]
         clipfit = "…" if fit is None else " / ".join(cell(fit["mean"][k], fit["std"][k]) for k in METRICS)
         lines.append(
-            f"| {row['task']} | {row['classes']} | {row['zeroshot_all']:.1f} | {z['base']:.1f} / {z['new']:.1f} / {z['hm']:.1f} | "
-            f"{clipfit} |"
+            f"| {row['task']} | {row['classes']} | {row['zeroshot_all']:.1f} | "
+            f"{z['base']:.1f} / {z['new']:.1f} / {z['hm']:.1f} | {clipfit} |"
         )
     zero = _task_mean([r["zeroshot"] for r in full])
     fits = [r["methods"]["clipfit"] for r in full]
     fit = "…" if None in fits else " / ".join(f"{v:.1f}" for v in _task_mean([f["mean"] for f in fits]).values())
+    zero_all = sum(r["zeroshot_all"] for r in full) / len(full)
     lines.append(
-        f"| **mean** (tasks with training data; HM of the mean Base and New) | | {sum(r['zeroshot_all'] for r in full) / len(full):.1f} | "
+        f"| **mean** (tasks with training data; HM of the mean Base and New) | | {zero_all:.1f} | "
         f"{zero['base']:.1f} / {zero['new']:.1f} / {zero['hm']:.1f} | {fit} |"
     )
     return "\n".join(lines)
@@ -182,14 +189,14 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
     ]
     zero_all = sum(r["zeroshot_all"] for r in full) / len(full)
     zero = _task_mean([r["zeroshot"] for r in full])
-    lines.append(f"| zeroshot | {' | '.join(f'{zero_all:.1f}' for _ in shots)} | {zero['base']:.1f} | {zero['new']:.1f} | "
-                 f"{zero['hm']:.1f} | |")
+    lines.append(f"| zeroshot | {' | '.join(f'{zero_all:.1f}' for _ in shots)} | "
+                 f"{zero['base']:.1f} | {zero['new']:.1f} | {zero['hm']:.1f} | |")
 
     def mean_of(cells: list[dict | None], key: str) -> float | None:
         return None if any(c is None for c in cells) else sum(c["mean"][key] for c in cells) / len(cells)
 
     ranked = []
-    for m in [m for m in table.methods if get_method(m).trains]:
+    for m in [m for m in table.methods if method_regime(m).trains]:
         fewshot = [mean_of([r["fewshot"].get(m, {}).get(k) for r in full], "accuracy") for k in shots]
         cells = [r["methods"].get(m) for r in full]
         b2n = None if any(c is None for c in cells) else _task_mean([c["mean"] for c in cells])
@@ -204,25 +211,3 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
                        f"| {m} | {few_text} | {b2n_text} | {seconds} |"))
     lines += [line for _, line in sorted(ranked, key=lambda item: item[0])]
     return "\n".join(lines)
-
-
-def check_markers(readme: Path, names: list[str]) -> None:
-    """`ClipFitError` naming the file when it lacks the markers of any of ``names`` (before the runs)."""
-    try:
-        text = readme.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ClipFitError(f"--readme {readme}: cannot be read ({err.strerror})") from None
-    missing = [n for n in names if f"<!-- {n}:start -->" not in text or f"<!-- {n}:end -->" not in text]
-    if missing:
-        raise ClipFitError(f"{readme}: no <!-- {missing[0]}:start --> ... <!-- {missing[0]}:end --> markers to put the table between")
-
-
-def update_readme(readme: Path, markdown: str, name: str = "mini-world-table") -> None:
-    """Replace the text between the README's `<!-- {name}:start -->` and `<!-- {name}:end -->` markers
-    (written atomically); `ValueError` naming the file when it has none."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{readme}: no {start} ... {end} markers to put the table between")
-    atomic_write_text(readme, pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text))

@@ -47,7 +47,6 @@ PATTERNS = (
 DIGITS = "0123456789"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
-_FONT_DIR = Path(__import__("matplotlib").get_data_path()) / "fonts" / "ttf"
 # Fonts of the pretraining style; downstream glyph tasks add the STIX family as an unseen style.
 PRETRAIN_FONTS = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
@@ -58,7 +57,10 @@ SHIFTED_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf
 
 @lru_cache(maxsize=512)
 def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(_FONT_DIR / name), size)
+    # The fonts matplotlib ships: on every machine that installs this package, whatever its system fonts.
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
 def jitter_color(name: str, rng: np.random.Generator, amount: float = 14.0) -> np.ndarray:
