@@ -123,7 +123,10 @@ class MemoryMeter:
         else:
             self.base = memory.rss_gb() * 1024
             self.reset = memory.reset_peak_rss()
-            self.how = "VmHWM (reset after setup) - RSS after setup" if self.reset else "ru_maxrss - RSS after setup (a setup peak above the steps' would hide theirs)"
+            if self.reset:
+                self.how = "VmHWM (reset after setup) - RSS after setup"
+            else:
+                self.how = "ru_maxrss - RSS after setup (a setup peak above the steps' would hide theirs)"
 
     def peak_mb(self) -> float:
         if self.cuda:
@@ -257,7 +260,9 @@ def _straightforward_features(clip, tokens, chunk):
     import torch
     import torch.nn.functional as F
 
-    return torch.cat([F.normalize(clip.encode_text(tokens[i : i + chunk]), dim=-1) for i in range(0, len(tokens), chunk)])
+    return torch.cat(
+        [F.normalize(clip.encode_text(tokens[i : i + chunk]), dim=-1) for i in range(0, len(tokens), chunk)]
+    )
 
 
 def _exactness(cfg: Config) -> dict:
@@ -286,7 +291,8 @@ def _exactness(cfg: Config) -> dict:
         text_again = text  # the KD pass repeats the same deterministic computation: same values
         image = F.normalize(clip.encode_image(images), dim=-1)
         ref_logits = clip.logit_scale.exp() * image @ text.t()
-        ref_loss = F.cross_entropy(ref_logits, labels) + BETA * (1.0 - F.cosine_similarity(text_again, pretrained, dim=-1).mean())
+        kd = 1.0 - F.cosine_similarity(text_again, pretrained, dim=-1).mean()
+        ref_loss = F.cross_entropy(ref_logits, labels) + BETA * kd
     straightforward_s = time.perf_counter() - start
     out = {
         "logits_max_abs_diff": (logits.double() - ref_logits.double()).abs().max().item(),
@@ -311,7 +317,8 @@ def _exactness(cfg: Config) -> dict:
     ref_loss.backward()
     text_grad = text_1.grad + text_2.grad
     for i in range(0, len(tokens), cfg.exactness_chunk):
-        F.normalize(clip.encode_text(tokens[i : i + cfg.exactness_chunk]), dim=-1).backward(text_grad[i : i + cfg.exactness_chunk])
+        chunk = slice(i, i + cfg.exactness_chunk)
+        F.normalize(clip.encode_text(tokens[chunk]), dim=-1).backward(text_grad[chunk])
     groups = {"text MLP output-projection biases": set(method.text_biases), "image LayerNorms": set(method.image_norms)}
     for group, members in groups.items():
         diffs = [(a - params[n].grad).abs().max().item() for n, a in zip(names, ours) if n in members and a is not None]
@@ -363,7 +370,8 @@ def _eval(cfg: Config, kind: str) -> dict:
         run(dataset)
         times.append(time.perf_counter() - start)
     total = statistics.median(times)
-    out = {"images": cfg.eval_images, "images_per_s": cfg.eval_images / total, "times_s": times, "peak_mb": meter.peak_mb()}
+    out = {"images": cfg.eval_images, "images_per_s": cfg.eval_images / total, "times_s": times,
+           "peak_mb": meter.peak_mb()}
     if kind == "method":
         once = statistics.median(class_times)
         out["class_features_s"] = once
@@ -383,7 +391,8 @@ def _child(job: str, cfg: Config, queue) -> None:
             raise ValueError(job)
     except Exception as err:  # reported in the results, the run goes on
         oom = "out of memory" in str(err).lower()
-        result = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", "oom": oom, "trace": traceback.format_exc(limit=3)}
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        result = {"error": f"{type(err).__name__}: {first_line}", "oom": oom, "trace": traceback.format_exc(limit=3)}
     queue.put(result)
 
 
@@ -402,7 +411,8 @@ def run_isolated(job: str, cfg: Config) -> dict:
                 break
     process.join()
     if result is None:
-        return {"error": f"subprocess died with exit code {process.exitcode} (killed for memory?)", "oom": process.exitcode == -9}
+        return {"error": f"subprocess died with exit code {process.exitcode} (killed for memory?)",
+                "oom": process.exitcode == -9}
     return result
 
 
@@ -438,7 +448,8 @@ def straightforward_memory_estimate_gb(model: str, classes: int, floor_mb: float
     import open_clip
 
     text = open_clip.get_model_config(model)["text_cfg"]
-    width, layers, heads, context = text.get("width", 512), text.get("layers", 12), text.get("heads", 8), text.get("context_length", 77)
+    width, layers = text.get("width", 512), text.get("layers", 12)
+    heads, context = text.get("heads", 8), text.get("context_length", 77)
     per_pass = classes * context * layers * (14 * width + 2 * heads * context) * 4
     return (2 * per_pass + (floor_mb or 0) * 2**20) / 2**30
 
@@ -459,7 +470,8 @@ def environment(device: str) -> dict:
     import open_clip
     import torch
 
-    env = {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version(), "device": device, "cpus": os.cpu_count()}
+    env = {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version(),
+           "device": device, "cpus": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
             env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -485,7 +497,9 @@ def ratios(entry: dict) -> dict:
             out["ours_memory_over_floor"] = (ours["peak_mb"] / floor["peak_mb"]) if floor["peak_mb"] > 0 else None
         if "median_s" in straight:
             out["straightforward_time_over_floor"] = straight["median_s"] / floor["median_s"]
-            out["straightforward_memory_over_floor"] = straight["peak_mb"] / floor["peak_mb"] if floor["peak_mb"] > 0 else None
+            out["straightforward_memory_over_floor"] = (
+                straight["peak_mb"] / floor["peak_mb"] if floor["peak_mb"] > 0 else None
+            )
     if "median_s" in ours and "median_s" in straight:
         out["speedup_over_straightforward"] = straight["median_s"] / ours["median_s"]
     return out
@@ -495,18 +509,23 @@ def print_table(model: str, per_class: dict) -> None:
     if not any(k in e for e in per_class.values() for k in ("floor", "ours", "straightforward", "exactness")):
         return
     print(f"\n{model}: step time (median, s), peak memory rise (MB), exactness (ours vs straightforward)")
-    head = f"{'classes':>7} {'floor':>8} {'straight':>9} {'ours':>8} {'ours/fl':>8} {'str/fl':>7} {'floor MB':>9} {'ours MB':>8} {'mem/fl':>7} {'str MB':>8} {'|dlogit|':>9} {'|dloss|':>9} {'|dgrad|rel':>10}"
+    head = (f"{'classes':>7} {'floor':>8} {'straight':>9} {'ours':>8} {'ours/fl':>8} {'str/fl':>7} "
+            f"{'floor MB':>9} {'ours MB':>8} {'mem/fl':>7} {'str MB':>8} "
+            f"{'|dlogit|':>9} {'|dloss|':>9} {'|dgrad|rel':>10}")
     print(head)
     for classes, e in sorted(per_class.items()):
         r, x = e.get("ratios", {}), e.get("exactness", {})
         get = lambda k, f="median_s", e=e: e.get(k, {}).get(f)  # noqa: E731
-        rel = [x[k] / max(x[k.replace("grad_max_abs_diff", "grad_max_abs")], 1e-30) for k in x if k.startswith("grad_max_abs_diff")]
+        rel = [x[k] / max(x[k.replace("grad_max_abs_diff", "grad_max_abs")], 1e-30)
+               for k in x if k.startswith("grad_max_abs_diff")]
         grad_rel = max(rel) if rel else None
         print(
             f"{classes:>7} {_fmt(get('floor')):>8} {_fmt(get('straightforward')):>9} {_fmt(get('ours')):>8} "
             f"{_fmt(r.get('ours_time_over_floor')):>8} {_fmt(r.get('straightforward_time_over_floor')):>7} "
-            f"{_fmt(get('floor', 'peak_mb'), '.0f'):>9} {_fmt(get('ours', 'peak_mb'), '.0f'):>8} {_fmt(r.get('ours_memory_over_floor')):>7} "
-            f"{_fmt(get('straightforward', 'peak_mb'), '.0f'):>8} {_fmt(x.get('logits_max_abs_diff'), '.1e'):>9} {_fmt(x.get('loss_abs_diff'), '.1e'):>9} {_fmt(grad_rel, '.1e'):>10}"
+            f"{_fmt(get('floor', 'peak_mb'), '.0f'):>9} {_fmt(get('ours', 'peak_mb'), '.0f'):>8} "
+            f"{_fmt(r.get('ours_memory_over_floor')):>7} {_fmt(get('straightforward', 'peak_mb'), '.0f'):>8} "
+            f"{_fmt(x.get('logits_max_abs_diff'), '.1e'):>9} {_fmt(x.get('loss_abs_diff'), '.1e'):>9} "
+            f"{_fmt(grad_rel, '.1e'):>10}"
         )
         for kind in ("floor", "straightforward", "ours", "exactness"):
             if "error" in e.get(kind, {}) or "skipped" in e.get(kind, {}):
@@ -536,7 +555,9 @@ def plot(results: dict, path: Path) -> None:
             ax.set_xticks([int(c) for c in counts], [str(c) for c in counts])
             ax.set_xlabel("classes")
             ax.set_ylabel(label)
-            ax.set_title(f"{model}, batch {results['config']['batch_size']}, {results['config']['device']}{' bf16' if results['config']['bf16'] else ''}")
+            config = results["config"]
+            bf16 = " bf16" if config["bf16"] else ""
+            ax.set_title(f"{model}, batch {config['batch_size']}, {config['device']}{bf16}")
             ax.grid(True, alpha=0.3)
             if ax.get_lines():
                 ax.legend()
@@ -546,28 +567,35 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["ViT-B-16", "ViT-B-32"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--classes", type=int, nargs="+", default=[50, 100, 500, 1000])
     parser.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the timed steps (exactness stays float32)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast for the timed steps (exactness stays float32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each subprocess (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--template", default=TEMPLATE)
-    parser.add_argument("--measure", nargs="+", default=["floor", "ours", "straightforward", "exactness", "eval"], choices=["floor", "ours", "straightforward", "exactness", "eval"])
-    parser.add_argument("--max-memory-gb", type=float, default=None, help="skip a straightforward step estimated above this (default: 80%% of available memory)")
-    parser.add_argument("--grad-check-max-classes", type=int, default=100, help="compare gradients up to this many classes (logits and loss at every count)")
+    measures = ["floor", "ours", "straightforward", "exactness", "eval"]
+    parser.add_argument("--measure", nargs="+", default=measures, choices=measures)
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="skip a straightforward step estimated above this (default: 80%% of available memory)")
+    parser.add_argument("--grad-check-max-classes", type=int, default=100,
+                        help="compare gradients up to this many classes (logits and loss at every count)")
     parser.add_argument("--exactness-chunk", type=int, default=50)
-    parser.add_argument("--eval-classes", type=int, nargs="+", default=None, help="class counts for the evaluation throughput (default: the largest of --classes)")
+    parser.add_argument("--eval-classes", type=int, nargs="+", default=None,
+                        help="class counts for the evaluation throughput (default: the largest of --classes)")
     parser.add_argument("--eval-methods", nargs="+", default=["clipfit", "zeroshot"])
     parser.add_argument("--eval-images", type=int, default=256)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--eval-repeats", type=int, default=1, help="timed passes over the evaluation images (median)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--model-config-dir", nargs="*", default=[], help="extra open_clip model config folders (e.g. tests/model_configs)")
+    parser.add_argument("--model-config-dir", nargs="*", default=[],
+                        help="extra open_clip model config folders (e.g. tests/model_configs)")
     args = parser.parse_args(argv)
     _register_configs(args.model_config_dir)
 
@@ -575,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"step_time_{args.device.replace(':', '')}{'_bf16' if args.bf16 else ''}"
     json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
     limit_gb = args.max_memory_gb if args.max_memory_gb is not None else 0.8 * available_memory_gb(args.device)
-    results = {"config": {**vars(args), "out": str(args.out), "max_memory_gb": limit_gb}, "environment": environment(args.device), "models": {}}
+    results = {"config": {**vars(args), "out": str(args.out), "max_memory_gb": limit_gb},
+               "environment": environment(args.device), "models": {}}
     started = time.perf_counter()
 
     def save():
@@ -583,13 +612,18 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps(results, indent=2))
 
     def cfg_for(model, classes, **kw):
-        return Config(model=model, classes=classes, batch_size=args.batch_size, device=args.device, bf16=args.bf16, steps=args.steps, warmup=args.warmup, seed=args.seed, threads=args.threads, template=args.template, exactness_chunk=args.exactness_chunk, config_dirs=tuple(str(d) for d in args.model_config_dir), **kw)
+        return Config(model=model, classes=classes, batch_size=args.batch_size, device=args.device, bf16=args.bf16,
+                      steps=args.steps, warmup=args.warmup, seed=args.seed, threads=args.threads,
+                      template=args.template, exactness_chunk=args.exactness_chunk,
+                      config_dirs=tuple(str(d) for d in args.model_config_dir), **kw)
 
     for model in args.model:
         entry = results["models"].setdefault(model, {"classes": {}, "eval": {}})
         measured_straightforward: dict[int, dict] = {}
         for classes in sorted(args.classes):
-            e = entry["classes"].setdefault(str(classes), {"prompts": prompt_stats(model, classes, args.seed, args.template)})
+            e = entry["classes"].setdefault(
+                str(classes), {"prompts": prompt_stats(model, classes, args.seed, args.template)}
+            )
             cfg = cfg_for(model, classes, grad_check=classes <= args.grad_check_max_classes)
             for kind in ("floor", "ours", "straightforward", "exactness"):
                 if kind not in args.measure:
@@ -598,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                     floor_mb = e.get("floor", {}).get("peak_mb")
                     estimate = straightforward_memory_estimate_gb(model, classes, floor_mb, measured_straightforward)
                     if estimate > limit_gb:
-                        e[kind] = {"skipped": f"estimated {estimate:.1f} GB > limit {limit_gb:.1f} GB (--max-memory-gb)", "estimated_gb": estimate}
+                        skipped = f"estimated {estimate:.1f} GB > limit {limit_gb:.1f} GB (--max-memory-gb)"
+                        e[kind] = {"skipped": skipped, "estimated_gb": estimate}
                         print(f"[{model} {classes} classes] straightforward skipped: {e[kind]['skipped']}", flush=True)
                         save()
                         continue
@@ -610,15 +645,20 @@ def main(argv: list[str] | None = None) -> int:
                 save()
         if "eval" in args.measure:
             for classes in args.eval_classes or [max(args.classes)]:
-                jobs = [("image tower alone", "eval:image-tower", "clipfit")] + [(m, "eval:method", m) for m in args.eval_methods]
+                jobs = [("image tower alone", "eval:image-tower", "clipfit")]
+                jobs += [(m, "eval:method", m) for m in args.eval_methods]
                 ev = entry["eval"].setdefault(str(classes), {})
                 for label, job, method_name in jobs:
                     print(f"[{model} {classes} classes] eval {label} ...", flush=True)
-                    ev[label] = run_isolated(job, cfg_for(model, classes, eval_images=args.eval_images, eval_batch_size=args.eval_batch_size, eval_repeats=args.eval_repeats, eval_method=method_name))
+                    eval_cfg = cfg_for(model, classes, eval_images=args.eval_images,
+                                       eval_batch_size=args.eval_batch_size, eval_repeats=args.eval_repeats,
+                                       eval_method=method_name)
+                    ev[label] = run_isolated(job, eval_cfg)
                     base = ev.get("image tower alone", {}).get("images_per_s")
                     if base and "images_per_s" in ev[label] and label != "image tower alone":
                         ev[label]["over_image_tower"] = ev[label]["images_per_s"] / base
-                        ev[label]["over_image_tower_after_class_features"] = ev[label]["images_per_s_after_class_features"] / base
+                        after = ev[label]["images_per_s_after_class_features"]
+                        ev[label]["over_image_tower_after_class_features"] = after / base
                         # Images an evaluation needs for the one-off class features to cost under 10%.
                         ev[label]["images_for_0.9x"] = math.ceil(9 * ev[label]["class_features_s"] * base)
                     save()
@@ -633,8 +673,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(
                         f"  {label}: {v['images_per_s']:.2f} ({_fmt(v.get('over_image_tower'))}x) end to end; "
-                        f"{v['images_per_s_after_class_features']:.2f} ({_fmt(v.get('over_image_tower_after_class_features'))}x) after the "
-                        f"one-off class features ({v['class_features_s']:.2f} s; >= 0.9x from {v.get('images_for_0.9x', '-')} images)"
+                        f"{v['images_per_s_after_class_features']:.2f} "
+                        f"({_fmt(v.get('over_image_tower_after_class_features'))}x) after the one-off class features "
+                        f"({v['class_features_s']:.2f} s; >= 0.9x from {v.get('images_for_0.9x', '-')} images)"
                     )
     save()
     try:

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
-    parser.add_argument("--full-max-classes", type=int, default=100, help="skip the full-length encoder above this (memory)")
+    parser.add_argument("--full-max-classes", type=int, default=100,
+                        help="skip the full-length encoder above this (memory)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for classes in args.classes:
         tokens = backbone.tokenize([args.template.format(n) for n in class_names(classes)])
         layout = text_encoding.prompt_layout(tokens)
-        positions = {"full": tokens.numel(), "truncated": classes * layout.length, "ours": layout.rows + layout.prefix, "padded": classes * layout.groups[0][0] + layout.prefix}
+        positions = {"full": tokens.numel(), "truncated": classes * layout.length, "ours": layout.rows + layout.prefix,
+                     "padded": classes * layout.groups[0][0] + layout.prefix}
         chosen = [e for e in args.encoders if e != "full" or classes <= args.full_max_classes]
         run = encoders(model, tokens)
         weights = torch.randn(classes, model.text_projection.shape[-1], device=args.device)
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         for e in chosen:
             over_full = f"{med['full'][1] / med[e][1]:.2f}" if "full" in med else "-"
             over_trunc = f"{med['truncated'][1] / med[e][1]:.2f}" if "truncated" in med else "-"
-            print(f"{classes:>7} {e:>10} {positions[e]:>9} {med[e][0]:>8.2f} {med[e][1]:>8.2f} {over_full:>7} {over_trunc:>7}")
+            print(f"{classes:>7} {e:>10} {positions[e]:>9} {med[e][0]:>8.2f} {med[e][1]:>8.2f} "
+                  f"{over_full:>7} {over_trunc:>7}")
     return 0
 
 

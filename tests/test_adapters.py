@@ -15,7 +15,8 @@ from clipfit.config import OptimConfig, RunConfig
 from clipfit.engine import train
 from clipfit.features import augmented_view, encode_views, feature_batches
 from clipfit.methods import build_method
-from clipfit.methods.adapters import C_SWEEP, TIP_SEARCH_STEPS
+from clipfit.methods.linear_probe import C_SWEEP
+from clipfit.methods.tip_adapter import TIP_SEARCH_STEPS
 
 from conftest import CLASSNAMES, TINY_MODEL
 

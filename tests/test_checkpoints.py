@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from clipfit.adapter import AdapterInfo, read_adapter, save_adapter
 from clipfit.backbone import build_skeleton, load_backbone, weights_fingerprint
 from clipfit.errors import BackboneError, ClipFitError
+from clipfit.files import file_sha256
 
 from conftest import TINY_MODEL
 
@@ -227,3 +228,15 @@ def test_adapter_written_before_checksums_still_loads(tmp_path):
     save_file(tensors, str(path), metadata=adapter_info().to_metadata())
     loaded, info = read_adapter(path)
     assert torch.equal(loaded["text.bias"], tensors["text.bias"]) and info == adapter_info()
+
+
+def test_a_local_checkpoint_is_fingerprinted_by_the_sha256_of_its_bytes_as_they_are_now(tmp_path):
+    path = tmp_path / "weights.pt"
+    data = bytes(range(256)) * 5000  # over one 1 MiB read
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    assert weights_fingerprint(TINY_MODEL, str(path)) == "sha256:" + hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1])  # other bytes: a new size (and mtime), so not the remembered digest
+    assert weights_fingerprint(TINY_MODEL, str(path)) == "sha256:" + hashlib.sha256(data[:-1]).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        file_sha256(tmp_path / "missing.pt")

@@ -69,10 +69,12 @@ CLIPFIT_TEMPLATES = {
 }
 
 
+@pytest.mark.contract
 def test_registry_holds_the_eleven_coop_datasets_and_two_imagenet_shifts():
     assert {name for name in DATASETS if not name.startswith("mini_")} == set(CLIPFIT_TEMPLATES)
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", sorted(CLIPFIT_TEMPLATES))
 def test_prompt_template_is_the_one_the_official_code_uses(name):
     assert DATASETS[name].template == CLIPFIT_TEMPLATES[name]
@@ -225,6 +227,7 @@ def test_check_dataset_reports_the_exact_missing_path_and_what_it_is(tmp_path):
     assert str(expected) in str(report) and "PROBLEMS FOUND" in str(report)
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", sorted(CLIPFIT_TEMPLATES))
 def test_check_dataset_lists_every_expected_path_of_every_registered_dataset(tmp_path, name):
     report = check_dataset(name, tmp_path)

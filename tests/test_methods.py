@@ -22,7 +22,8 @@ from clipfit.config import OptimConfig, RunConfig
 from clipfit.engine import train
 from clipfit.errors import ClipFitError
 from clipfit.methods import METHODS, build_method, get_method
-from clipfit.methods.base import Method, Regime, register_method
+from clipfit.methods.base import Method, Regime
+from clipfit.methods.registry import register_method
 from clipfit.runner import load_adapter, resolve
 from clipfit.text_encoding import PromptContext, encode_prompts, encode_with_context, text_tower_or_none
 
@@ -134,6 +135,7 @@ def trained(request):
     return method, frozen_before, before, after
 
 
+@pytest.mark.contract
 def test_short_training_lowers_the_loss(trained):
     method, _, before, after = trained
     if not method.regime.trains:
@@ -142,6 +144,7 @@ def test_short_training_lowers_the_loss(trained):
     assert after < before - 0.01, f"{method.name}: loss {before:.4f} -> {after:.4f}"
 
 
+@pytest.mark.contract
 def test_only_its_own_tensors_change_and_the_frozen_clip_stays_in_eval_mode(trained):
     method, frozen_before, *_ = trained
     own = set(method.backbone_parameters())
@@ -158,6 +161,7 @@ def test_only_its_own_tensors_change_and_the_frozen_clip_stays_in_eval_mode(trai
     method.eval()
 
 
+@pytest.mark.contract
 def test_adapter_file_round_trips_to_identical_logits_through_load_adapter(trained, tmp_path):
     method, *_ = trained
     save_tiny_adapter(method, tmp_path / "adapter.safetensors")
@@ -171,6 +175,7 @@ def test_adapter_file_round_trips_to_identical_logits_through_load_adapter(train
                key.split(".", 1)[1] in dict(method.named_buffers()) for key in method.adapter_state())
 
 
+@pytest.mark.contract
 def test_adapter_keys_of_added_modules_cannot_collide_with_the_backbones(trained):
     method, *_ = trained
     backbone_keys = set(method.clip.state_dict())
@@ -178,6 +183,7 @@ def test_adapter_keys_of_added_modules_cannot_collide_with_the_backbones(trained
         assert (key in backbone_keys) != key.startswith("method."), key
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", list(METHODS))
 def test_trainable_count_on_the_vit_b16_skeleton_is_the_published_one(name):
     assert name in EXPECTED_B16, f"add {name}'s ViT-B/16 count, worked out by hand, to EXPECTED_B16"
@@ -197,6 +203,7 @@ def test_coop_has_16_context_vectors_for_few_shot_and_4_for_base_to_new():
     assert sum(api.count_parameters("coop", "ViT-B-16", "base2new")["groups"].values()) == 2_048
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", list(METHODS))
 def test_base_to_new_classifies_new_classes_or_is_refused_up_front(name, eurosat_root):
     config = RunConfig(method=name, model=TINY_MODEL, pretrained="none", dataset="eurosat", data_root=str(eurosat_root),

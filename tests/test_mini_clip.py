@@ -17,6 +17,8 @@ from clipfit.engine import evaluate, train
 from clipfit.methods import build_method
 from clipfit_world.tables import README_END, README_START
 
+pytestmark = pytest.mark.slow  # each test trains or evaluates on the mini world: 15-40 s
+
 README = Path(__file__).parents[1] / "README.md"
 TASK = "mini_textures"
 # Measured: 4-shot base accuracy 64.7 zero-shot -> 71.3 after 10 epochs of CLIPFit at lr 0.01 (seed 1,

@@ -52,8 +52,9 @@ def method_and_batch(splits, precision: str, regularizer: str = "kd", n: int = 8
     dataset = data.ImageDataset(splits.train, data.test_transform(p.image_size, p.mean, p.std))
     images = torch.stack([dataset[i][0] for i in range(n)])
     labels = torch.tensor([dataset[i][1] for i in range(n)])
-    method = build_method("clipfit", backbone, splits.classnames, splits.template,
-                          {"beta": 8.0, "regularizer": regularizer})
+    method = build_method(
+        "clipfit", backbone, splits.classnames, splits.template, {"beta": 8.0, "regularizer": regularizer}
+    )
     apply_precision(method, precision)
     with autocast(CPU, precision):  # as the engine computes the distillation target
         method.prepare_training()
@@ -118,9 +119,16 @@ def test_first_step_loss_terms_equal_fp32_within_the_derived_tolerance(base_spli
     assert parts["kd"] == parts32["kd"] == 0.0
 
 
+# fp16 and bf16 matmuls are slow on a CPU: the cases marked slow took 12-22 s each there.
 @pytest.mark.parametrize(
     "precision,regularizer",
-    [("fp32", "kd"), ("bf16", "kd"), ("fp16", "kd"), ("fp16-reference", "kd"), ("bf16", "bias-mse")],
+    [
+        ("fp32", "kd"),
+        ("bf16", "kd"),
+        pytest.param("fp16", "kd", marks=pytest.mark.slow),
+        pytest.param("fp16-reference", "kd", marks=pytest.mark.slow),
+        pytest.param("bf16", "bias-mse", marks=pytest.mark.slow),
+    ],
 )
 def test_no_loss_term_is_ever_negative_in_training(base_splits, precision, regularizer):
     method, _, _ = method_and_batch(base_splits, precision, regularizer)
@@ -135,8 +143,14 @@ def test_no_loss_term_is_ever_negative_in_training(base_splits, precision, regul
         return loss
 
     method.training_loss = recorded
-    history = train(method, dataset, OptimConfig(epochs=3, batch_size=4, warmup_epochs=0, lr=0.05), seed=1,
-                    progress=False, precision=precision)
+    history = train(
+        method,
+        dataset,
+        OptimConfig(epochs=3, batch_size=4, warmup_epochs=0, lr=0.05),
+        seed=1,
+        progress=False,
+        precision=precision,
+    )
     assert len(steps) == 6 and len(history) == 3
     for record in steps + history:
         for key in ("loss", "ce", regularizer):
@@ -157,8 +171,9 @@ def test_fp16_scales_the_loss_with_a_grad_scaler(base_splits, monkeypatch):
     method, _, _ = method_and_batch(base_splits, "fp16")
     p = method.backbone.preprocess
     dataset = data.ImageDataset(base_splits.train[:4], data.test_transform(p.image_size, p.mean, p.std))
-    train(method, dataset, OptimConfig(epochs=1, batch_size=4, warmup_epochs=0), seed=1, progress=False,
-          precision="fp16")
+    train(
+        method, dataset, OptimConfig(epochs=1, batch_size=4, warmup_epochs=0), seed=1, progress=False, precision="fp16"
+    )
     assert len(scaled) == 1
     assert all(p.dtype == torch.float32 for p in method.trainable_parameters().values())
 
@@ -174,8 +189,14 @@ def test_fp16_reference_holds_the_clip_in_fp16_and_trains_the_text_biases_in_fp1
     p = method.backbone.preprocess
     dataset = data.ImageDataset(base_splits.train[:4], data.test_transform(p.image_size, p.mean, p.std))
     before = {name: t.detach().clone() for name, t in method.text_biases.items()}
-    train(method, dataset, OptimConfig(epochs=1, batch_size=4, warmup_epochs=0, lr=0.05), seed=1, progress=False,
-          precision="fp16-reference")
+    train(
+        method,
+        dataset,
+        OptimConfig(epochs=1, batch_size=4, warmup_epochs=0, lr=0.05),
+        seed=1,
+        progress=False,
+        precision="fp16-reference",
+    )
     assert all(t.dtype == torch.float16 for t in method.text_biases.values())
     assert any(not torch.equal(before[name], t) for name, t in method.text_biases.items())
     logits, _ = predict_logits(method, dataset, progress=False, precision="fp16-reference")

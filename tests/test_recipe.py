@@ -337,6 +337,7 @@ def test_table_mean_row_hm_is_the_hm_of_the_mean_base_and_mean_new_over_tasks():
 
 # 8. Method defaults live in the method ----------------------------------------------------------------
 
+@pytest.mark.contract
 @pytest.mark.parametrize("dataset", sorted(data.DATASETS))
 def test_clipfit_epochs_and_beta_are_the_papers_for_every_registered_dataset(dataset):
     clipfit = get_method("clipfit")

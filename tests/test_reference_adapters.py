@@ -45,11 +45,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import clipfit.methods.adapters as adapters_module
+import clipfit.methods.tip_adapter as adapters_module
 from clipfit.backbone import load_backbone
 from clipfit.methods import build_method
 
 from reference_clip import random_openai_state_dict, reference_step
+
+pytestmark = pytest.mark.reference
 
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "adapters_reference_vitb32.json").read_text())

@@ -24,6 +24,8 @@ from clipfit.methods import build_method
 
 from reference_clip import random_openai_state_dict
 
+pytestmark = pytest.mark.reference
+
 DATA = Path(__file__).parent / "data"
 
 

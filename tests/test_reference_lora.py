@@ -41,6 +41,8 @@ from clipfit.methods import build_method
 
 from reference_clip import random_openai_state_dict, reference_step
 
+pytestmark = pytest.mark.reference
+
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "lora_reference_vitb32.json").read_text())
 OPTIONS = {"rank": 2, "alpha": 1.0, "dropout": 0.0, "matrices": "qkv", "encoder": "both"}

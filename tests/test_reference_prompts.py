@@ -39,6 +39,8 @@ from clipfit.methods import build_method
 
 from reference_clip import random_openai_state_dict
 
+pytestmark = [pytest.mark.reference, pytest.mark.slow]  # each case builds its model: over 10 s
+
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "prompts_reference_vitb32.json").read_text())
 CASES = list(META["cases"])

@@ -39,6 +39,8 @@ from clipfit.methods import build_method
 
 from reference_clip import random_openai_state_dict
 
+pytestmark = pytest.mark.reference
+
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "vpt_reference_vitb32.json").read_text())
 N, WIDTH, PATCH, OUT_DIM = 5, 768, 32, 512

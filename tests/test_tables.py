@@ -82,6 +82,7 @@ def test_update_readme_without_markers_fails_and_leaves_the_file_alone(tmp_path)
     assert readme.read_text() == "no markers here\n"
 
 
+@pytest.mark.slow  # runs every setting of a small table: about 17 s
 def test_table_runs_each_setting_once_and_reuses_finished_runs(tmp_path):
     table = MiniWorldTableConfig(tasks=["mini_colors", "mini_shapes_sketch"], methods=["clipfit"], seeds=[1], shots=2,
                                  epochs=1, data_root=str(tmp_path / "data"), out=str(tmp_path / "runs"),

@@ -1,9 +1,9 @@
 """The Python API: everything the command line does, in a few calls.
 
-    from clipfit import api
-    summary = api.run(api.RunConfig(model="ViT-B-32", pretrained="/ckpt/vit-b-32.pt", dataset="imagefolder",
-                                    data_root="./my_photos", protocol="few-shot", shots=8, seeds=[1], out="runs/mine"))
-    api.predict("runs/mine/seed1", ["cat.jpg"])
+from clipfit import api
+summary = api.run(api.RunConfig(model="ViT-B-32", pretrained="/ckpt/vit-b-32.pt", dataset="imagefolder",
+                                data_root="./my_photos", protocol="few-shot", shots=8, seeds=[1], out="runs/mine"))
+api.predict("runs/mine/seed1", ["cat.jpg"])
 """
 
 from __future__ import annotations
@@ -25,8 +25,21 @@ from .methods import build_method, get_method
 from .protocols import get_protocol
 from .runner import evaluate_sets, image_datasets, load_adapter, load_run, run
 
-__all__ = ["RunConfig", "OptimConfig", "run", "load_run", "load_adapter", "count_parameters", "evaluate_run", "predict", "check_dataset",
-           "list_datasets", "list_methods", "list_models", "replace_config"]
+__all__ = [
+    "RunConfig",
+    "OptimConfig",
+    "run",
+    "load_run",
+    "load_adapter",
+    "count_parameters",
+    "evaluate_run",
+    "predict",
+    "check_dataset",
+    "list_datasets",
+    "list_methods",
+    "list_models",
+    "replace_config",
+]
 
 
 def replace_config(config: RunConfig, *, optim: dict | None = None, **fields) -> RunConfig:
@@ -50,24 +63,42 @@ def count_parameters(method: str, model: str, protocol: str = "base2new") -> dic
     {"groups": {group: count}, "notes": [...]}."""
     skeleton = _skeleton(model)
     cls = get_method(method)
-    backbone = Backbone(model=skeleton, tokenizer=open_clip.get_tokenizer(model), preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
-                        model_name=model, pretrained="none")
+    backbone = Backbone(
+        model=skeleton,
+        tokenizer=open_clip.get_tokenizer(model),
+        preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
+        model_name=model,
+        pretrained="none",
+    )
     options = cls.protocol_defaults(protocol, "imagefolder")
     instance = build_method(method, backbone, ["class"], "{}", options)
     notes = list(instance.notes)
     if not cls.classifies_unseen(options):
-        notes.append("its classifier holds the training classes (a head or cache sized by them): counted here for one "
-                     "class; no base-to-new")
+        notes.append(
+            "its classifier holds the training classes (a head or cache sized by them): counted here for one "
+            "class; no base-to-new"
+        )
     return {"groups": instance.parameter_groups(), "notes": notes}
 
 
-def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: str | None = None, split: str | None = None,
-                 template: str | None = None, device: str = "auto", progress: bool = True) -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    split: str | None = None,
+    template: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, float]:
     """Accuracy of a tuned run: on its own test sets by default, or on another dataset (all its classes)."""
     config, method = load_run(run_dir, device)
     name = dataset or config.dataset
     if dataset in data.GENERIC_FORMATS and data_root is None:
-        raise ClipFitError(f"--data-root is required with --dataset {dataset} (the {'CSV file' if dataset == 'csv' else 'image folder'})")
+        raise ClipFitError(
+            f"--data-root is required with --dataset {dataset} "
+            f"(the {'CSV file' if dataset == 'csv' else 'image folder'})"
+        )
     root = data_root or (config.data_root if dataset is None else str(default_data_root()))
     splits = data.load_dataset(name, root, template=template or (config.template if dataset is None else None))
     method.template = splits.template
@@ -77,8 +108,11 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_root: 
     else:
         which = split or "all"
         # All classes are reported as "accuracy", as the few-shot protocol names it.
-        protocol = dataclasses.replace(get_protocol("few-shot"), name=which,
-                                       eval_sets=lambda s: {"accuracy" if which == "all" else which: data.subsample_classes(s, which)})
+        protocol = dataclasses.replace(
+            get_protocol("few-shot"),
+            name=which,
+            eval_sets=lambda s: {"accuracy" if which == "all" else which: data.subsample_classes(s, which)},
+        )
     return evaluate_sets(method, protocol, splits, test_dataset, dataclasses.replace(config, num_workers=0), progress)
 
 
@@ -116,8 +150,10 @@ def predict_exported(path: str | Path, images: list[str | Path], *, top_k: int =
     from .export import ExportedModel
 
     model = ExportedModel(path, device=check_device(device))
-    return [_top(image, model.logits(model.preprocess(data.open_image(image)).unsqueeze(0)), model.classnames, top_k)
-            for image in images]
+    return [
+        _top(image, model.logits(model.preprocess(data.open_image(image)).unsqueeze(0)), model.classnames, top_k)
+        for image in images
+    ]
 
 
 def check_dataset(name: str, root: str | Path, decode: bool | None = None):
@@ -137,8 +173,10 @@ def list_models() -> dict[str, dict[str, bool]]:
     weights are on this disk already (the Hugging Face cache, open_clip's download folder, the package)."""
     from .backbone import BUILTIN, BUILTIN_WEIGHTS, architectures
 
-    models = {name: {tag: _weights_on_disk(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)}
-              for name in architectures()}
+    models = {
+        name: {tag: _weights_on_disk(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)}
+        for name in architectures()
+    }
     for name, path in BUILTIN_WEIGHTS.items():
         models.setdefault(name, {})[BUILTIN] = path.is_file()
     return models
@@ -160,4 +198,3 @@ def _weights_on_disk(model: str, tag: str) -> bool:
 
 def list_datasets() -> dict[str, str]:
     return {name: spec.title or name for name, spec in sorted(data.DATASETS.items())}
-

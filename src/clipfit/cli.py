@@ -53,56 +53,111 @@ DATA_ROOT_HELP = f"the folder that holds the datasets ({DATA_ROOT_DEFAULT})"
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help=f"open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip "
-                                   f"(`clipfit models` lists them; default: {defaults.MODEL})")
-    p.add_argument("--pretrained", help=f"open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint "
-                                        f"file, 'builtin' or 'none' (default: {defaults.PRETRAINED})")
+    p.add_argument(
+        "--model",
+        help=f"open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip "
+        f"(`clipfit models` lists them; default: {defaults.MODEL})",
+    )
+    p.add_argument(
+        "--pretrained",
+        help=f"open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint "
+        f"file, 'builtin' or 'none' (default: {defaults.PRETRAINED})",
+    )
 
 
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train (or just evaluate, for zeroshot) a method over one or more seeds",
-                       formatter_class=_HelpFormatter,
-                       description="Every flag overrides the config file; unset flags keep the paper's defaults "
-                                   "(the README's Defaults section). --dataset is required (or a --config that names it).")
+    p = sub.add_parser(
+        "train",
+        help="train (or just evaluate, for zeroshot) a method over one or more seeds",
+        formatter_class=_HelpFormatter,
+        description="Every flag overrides the config file; unset flags keep the paper's defaults "
+        "(the README's Defaults section). --dataset is required (or a --config that names it).",
+    )
     p.add_argument("--config", type=Path, help="JSON run config (e.g. a run's config.json); flags override it")
     p.add_argument("--method", help=f"`clipfit methods` lists them (default: {defaults.METHOD})")
-    p.add_argument("--option", dest="options", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. regularizer=bias-mse (repeatable)")
+    p.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. regularizer=bias-mse (repeatable)",
+    )
     p.add_argument("--beta", type=float, help="weight of the regulariser (default: the protocol's)")
-    p.add_argument("--type", choices=("vision", "vision-language"),
-                   help="the classifier of clip-adapter, vpt-shallow, vpt-deep: a linear head on the image features, "
-                        "or cosine against the class prompts (default: the method's paper's)")
+    p.add_argument(
+        "--type",
+        choices=("vision", "vision-language"),
+        help="the classifier of clip-adapter, vpt-shallow, vpt-deep: a linear head on the image features, "
+        "or cosine against the class prompts (default: the method's paper's)",
+    )
     _add_backbone_args(p)
     p.add_argument("--dataset", help="required: a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
-    p.add_argument("--data-root", help=f"the folder that holds the datasets, the folder itself for imagefolder, the file "
-                                       f"for csv ({DATA_ROOT_DEFAULT})")
-    p.add_argument("--cache-dir", help="where few-shot draws are cached (default: beside the dataset, or "
-                                       "~/.cache/clipfit/fewshot when the dataset folder is read-only)")
+    p.add_argument(
+        "--data-root",
+        help=f"the folder that holds the datasets, the folder itself for imagefolder, the file "
+        f"for csv ({DATA_ROOT_DEFAULT})",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="where few-shot draws are cached (default: beside the dataset, or "
+        "~/.cache/clipfit/fewshot when the dataset folder is read-only)",
+    )
     p.add_argument("--protocol", help=f"few-shot or base2new (default: {defaults.PROTOCOL})")
     p.add_argument("--shots", type=int, help=f"images per class for training, 0: all (default: {defaults.SHOTS})")
-    p.add_argument("--seeds", type=int, nargs="+", help=f"one run per seed (default: {' '.join(map(str, defaults.SEEDS))})")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help=f"one run per seed (default: {' '.join(map(str, defaults.SEEDS))})"
+    )
     p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the method's for the dataset; CLIPFit: 100, 10 for ImageNet and Food101)")
-    p.add_argument("--iterations", type=int,
-                   help="a budget of optimiser steps instead of epochs, for methods with a per-iteration schedule (CLIP-LoRA: 500 x shots)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default: the method's for the dataset; CLIPFit: 100, 10 for ImageNet and Food101)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        help="a budget of optimiser steps instead of epochs, for methods with a per-iteration schedule "
+        "(CLIP-LoRA: 500 x shots)",
+    )
     p.add_argument("--batch-size", type=int, help="training batch size (default: the method's; Dassl's 32)")
     p.add_argument("--lr", type=float, help="base learning rate (default: the method's; Dassl's 0.002)")
-    p.add_argument("--hflip", action=argparse.BooleanOptionalAction,
-                   help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)")
-    p.add_argument("--image-cache", choices=IMAGE_CACHES,
-                   help="decoded (default, exact): keep decoded full-resolution training images within --image-cache-mb; "
-                        "resized-approximate: keep them resized to the input size and crop from that (not the "
-                        "reference's augmentation); none: decode on every read")
-    p.add_argument("--image-cache-mb", type=int, help=f"memory budget of the image cache in MiB (default: {defaults.IMAGE_CACHE_MB})")
+    p.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)",
+    )
+    p.add_argument(
+        "--image-cache",
+        choices=IMAGE_CACHES,
+        help="decoded (default, exact): keep decoded full-resolution training images within --image-cache-mb; "
+        "resized-approximate: keep them resized to the input size and crop from that (not the "
+        "reference's augmentation); none: decode on every read",
+    )
+    p.add_argument(
+        "--image-cache-mb",
+        type=int,
+        help=f"memory budget of the image cache in MiB (default: {defaults.IMAGE_CACHE_MB})",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto: a GPU when there is one)")
-    p.add_argument("--precision", help="fp32 (default); bf16, or fp16 with loss scaling: autocast forward passes; "
-                                       "fp16-reference: the CLIP's weights in fp16, as CoOp-family code trains. "
-                                       "Every loss term is computed in fp32")
+    p.add_argument(
+        "--precision",
+        help="fp32 (default); bf16, or fp16 with loss scaling: autocast forward passes; "
+        "fp16-reference: the CLIP's weights in fp16, as CoOp-family code trains. "
+        "Every loss term is computed in fp32",
+    )
     p.add_argument("--num-workers", type=int, help="data-loading processes (default: 0, load in the main process)")
-    p.add_argument("--decode", dest="check_images", action=argparse.BooleanOptionalAction,
-                   help="decode every image the run reads before training (default: when it reads at most 2,000)")
-    p.add_argument("--out", help="run folder, one seedN sub-folder per seed (default: "
-                                 "runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex digits of the setting>)")
+    p.add_argument(
+        "--decode",
+        dest="check_images",
+        action=argparse.BooleanOptionalAction,
+        help="decode every image the run reads before training (default: when it reads at most 2,000)",
+    )
+    p.add_argument(
+        "--out",
+        help="run folder, one seedN sub-folder per seed (default: "
+        "runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex digits of the setting>)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo seeds that already finished (default: reuse them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -113,15 +168,30 @@ def _config_from_args(args):
 
     config = RunConfig.from_file(args.config) if args.config else None
     if args.dataset is None and config is None:
-        raise ClipFitError("--dataset is required (a name from `clipfit data list`, 'imagefolder' or 'csv'), "
-                           "or a --config that names one")
+        raise ClipFitError(
+            "--dataset is required (a name from `clipfit data list`, 'imagefolder' or 'csv'), "
+            "or a --config that names one"
+        )
     config = config or RunConfig()
     top = {
-        "method": args.method, "model": args.model, "pretrained": args.pretrained, "dataset": args.dataset,
-        "data_root": args.data_root, "protocol": args.protocol, "shots": args.shots, "seeds": args.seeds,
-        "template": args.template, "device": args.device, "num_workers": args.num_workers, "out": args.out,
-        "hflip": args.hflip, "image_cache": args.image_cache, "image_cache_mb": args.image_cache_mb,
-        "cache_dir": args.cache_dir, "check_images": args.check_images, "precision": args.precision,
+        "method": args.method,
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "protocol": args.protocol,
+        "shots": args.shots,
+        "seeds": args.seeds,
+        "template": args.template,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "out": args.out,
+        "hflip": args.hflip,
+        "image_cache": args.image_cache,
+        "image_cache_mb": args.image_cache_mb,
+        "cache_dir": args.cache_dir,
+        "check_images": args.check_images,
+        "precision": args.precision,
     }
     optim = {"epochs": args.epochs, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr}
     options = dict(config.method_options)
@@ -141,16 +211,24 @@ def _config_from_args(args):
         if value is None:
             continue
         if flag == "beta" and "beta" in fields and "regularizer" not in fields:
-            raise ClipFitError(f"--beta is the weight of CLIPFit's regulariser; method {method.name!r} has no regulariser "
-                               f"(its beta is another quantity: give it as --option beta=VALUE)")
+            raise ClipFitError(
+                f"--beta is the weight of CLIPFit's regulariser; method {method.name!r} has no regulariser "
+                f"(its beta is another quantity: give it as --option beta=VALUE)"
+            )
         if flag not in fields:
-            raise ClipFitError(f"--{flag} does not apply to method {method.name!r}, which has no {flag} option "
-                               f"(its options, for --option key=value: {', '.join(fields) or 'none'})")
+            raise ClipFitError(
+                f"--{flag} does not apply to method {method.name!r}, which has no {flag} option "
+                f"(its options, for --option key=value: {', '.join(fields) or 'none'})"
+            )
         if flag in options and options[flag] != value and flag in dict(args.options):
             raise ClipFitError(f"--{flag} {value} and --option {flag}={options[flag]} disagree; give one")
         options[flag] = value
-    return api.replace_config(config, method_options=options, optim={k: v for k, v in optim.items() if v is not None},
-                              **{k: v for k, v in top.items() if v is not None})
+    return api.replace_config(
+        config,
+        method_options=options,
+        optim={k: v for k, v in optim.items() if v is not None},
+        **{k: v for k, v in top.items() if v is not None},
+    )
 
 
 # Flags that only mean something to a method that trains.
@@ -171,8 +249,11 @@ def cmd_train(args) -> None:
     elif regime.optimise is None:
         ignored = [f"--{name}" for name in ("epochs", "iterations", "lr") if getattr(args, name) is not None]
         if ignored:
-            print(f"clipfit: note: {config.method} is fitted in one pass, without an optimiser; ignoring "
-                  f"{', '.join(ignored)}", file=sys.stderr)
+            print(
+                f"clipfit: note: {config.method} is fitted in one pass, without an optimiser; ignoring "
+                f"{', '.join(ignored)}",
+                file=sys.stderr,
+            )
     summary = api.run(config, progress=not args.no_progress, overwrite=args.overwrite)
     print_summary(summary)
     print(f"results: {Path(summary['out']) / 'summary.json'}")
@@ -190,8 +271,10 @@ def cmd_params(args) -> None:
     counts = {}
     for name in api.list_methods():
         try:
-            counts[name] = {protocol: sum(api.count_parameters(name, args.model, protocol)["groups"].values())
-                            for protocol in ("few-shot", "base2new")}
+            counts[name] = {
+                protocol: sum(api.count_parameters(name, args.model, protocol)["groups"].values())
+                for protocol in ("few-shot", "base2new")
+            }
         except ClipFitError as err:  # e.g. MaPLe on a ResNet: no image transformer to prompt
             counts[name] = str(err)
     print_all_params(args.model, counts)
@@ -215,15 +298,25 @@ def cmd_models(args) -> None:
     for model, tags in models.items():
         if args.model and args.model != model:
             continue
-        listed = ", ".join(f"{tag}{' [on disk]' if on_disk else ''}" for tag, on_disk in tags.items()) or "(no pretrained tags)"
+        listed = (
+            ", ".join(f"{tag}{' [on disk]' if on_disk else ''}" for tag, on_disk in tags.items())
+            or "(no pretrained tags)"
+        )
         print(f"{model:32s} {listed}")
 
 
 def cmd_eval(args) -> None:
     from . import api
 
-    metrics = api.evaluate_run(args.run, dataset=args.dataset, data_root=args.data_root, split=args.split,
-                               template=args.template, device=args.device, progress=not args.no_progress)
+    metrics = api.evaluate_run(
+        args.run,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        split=args.split,
+        template=args.template,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     for key, value in metrics.items():
         print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
 
@@ -265,6 +358,37 @@ def cmd_data_list(args) -> None:
         print(f"{name:20s} {title}")
 
 
+def _recipes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--readme", type=Path, help="write the table into this README between its recipes markers")
+
+
+def cmd_table_recipes(args) -> None:
+    from .methods import METHODS
+    from .readme import check_markers, update_readme
+    from .recipes import recipe_table_markdown
+
+    if args.readme:
+        check_markers(args.readme, [RECIPES_TABLE])
+    markdown = recipe_table_markdown(list(METHODS))
+    print(markdown)
+    if args.readme:
+        update_readme(args.readme, markdown, RECIPES_TABLE)
+        print(f"updated {args.readme}")
+
+
+RECIPES_TABLE = "recipes"
+plugins.register_command(
+    plugins.Command(
+        "recipes",
+        "every method's recipe (optimiser, schedule length, options) by protocol, dataset and shots, "
+        "with the source of each number, from src/clipfit/recipes/*.yaml",
+        _recipes_arguments,
+        cmd_table_recipes,
+        parent="table",
+    )
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     plugins.load_plugins()  # their commands (the mini world's demo and tables) join the built-in ones
     parser = _Parser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
@@ -287,14 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=command.run)
 
     p = add("params", help="count a method's trainable parameters on a backbone (no weights needed)")
-    p.add_argument("--method", default=defaults.METHOD, help="`clipfit methods` lists them; 'all': every one, in one table")
+    p.add_argument(
+        "--method", default=defaults.METHOD, help="`clipfit methods` lists them; 'all': every one, in one table"
+    )
     p.add_argument("--model", default=defaults.MODEL, help="an open_clip architecture (`clipfit models` lists them)")
     p.set_defaults(func=cmd_params)
 
     p = add("methods", help="the registered methods")
     p.set_defaults(func=cmd_methods)
 
-    p = add("models", help="open_clip architectures and their pretrained tags, marked [on disk] where the weights are cached")
+    p = add(
+        "models",
+        help="open_clip architectures and their pretrained tags, marked [on disk] where the weights are cached",
+    )
     p.add_argument("--model", help="only this architecture")
     p.set_defaults(func=cmd_models)
 
@@ -305,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
     p.add_argument("--data-root", help="with --dataset: " + DATA_ROOT_HELP)
-    p.add_argument("--split", choices=["all", "base", "new"], help="which classes (default: the run's protocol, or all for another dataset)")
+    p.add_argument(
+        "--split",
+        choices=["all", "base", "new"],
+        help="which classes (default: the run's protocol, or all for another dataset)",
+    )
     p.add_argument("--template", help="prompt template with {} (default: the run's, or the other dataset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -326,12 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("data", help="datasets: list them, check what is on disk")
     data_sub = p.add_subparsers(dest="data_command", metavar="check|list", required=True, help="check or list")
-    c = data_sub.add_parser("check", formatter_class=_HelpFormatter,
-                            help="report what is present and, for what is missing, the exact path expected")
+    c = data_sub.add_parser(
+        "check",
+        formatter_class=_HelpFormatter,
+        help="report what is present and, for what is missing, the exact path expected",
+    )
     c.add_argument("--dataset", required=True, help="a name from `clipfit data list`, 'imagefolder' or 'csv'")
     c.add_argument("--data-root", help=DATA_ROOT_HELP)
-    c.add_argument("--decode", action=argparse.BooleanOptionalAction,
-                   help="decode every image and report each unreadable one (default: when the dataset has at most 2,000)")
+    c.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        help="decode every image and report each unreadable one (default: when the dataset has at most 2,000)",
+    )
     c.set_defaults(func=cmd_data_check)
     c = data_sub.add_parser("list", help="the registered datasets")
     c.set_defaults(func=cmd_data_list)

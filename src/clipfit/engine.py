@@ -131,17 +131,33 @@ def train(
         # The linear probe reads the training images un-augmented; a caller with one dataset gives only that.
         source = plain_dataset if views == 0 and plain_dataset is not None else dataset
         started = time.time()
-        features, labels = encode_views(method, source, views, seed, batch_size=optim.batch_size, num_workers=num_workers,
-                                        autocast=lambda: autocast(device, precision))
-        log(f"frozen features: {features.shape[1]} training images x {features.shape[0]} "
-            f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s")
+        features, labels = encode_views(
+            method,
+            source,
+            views,
+            seed,
+            batch_size=optim.batch_size,
+            num_workers=num_workers,
+            autocast=lambda: autocast(device, precision),
+        )
+        log(
+            f"frozen features: {features.shape[1]} training images x {features.shape[0]} "
+            f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s"
+        )
         return features, labels
 
     stored = stored_features(regime.views) if regime.views is not None else None
     val = None
     if regime.fit and val_dataset is not None and len(val_dataset):
-        val = encode_views(method, val_dataset, 0, seed, batch_size=optim.batch_size, num_workers=num_workers,
-                           autocast=lambda: autocast(device, precision))
+        val = encode_views(
+            method,
+            val_dataset,
+            0,
+            seed,
+            batch_size=optim.batch_size,
+            num_workers=num_workers,
+            autocast=lambda: autocast(device, precision),
+        )
         val = (val[0][0], val[1])
     history: list[dict[str, float]] = []
     if regime.fit:
@@ -166,8 +182,10 @@ def train(
     if regime.optimise == "features":
         features, labels = stored
         if features.shape[0] > 1:
-            log(f"training reads these {features.shape[0]} stored views (one drawn per image and epoch), not a fresh "
-                "augmentation every step: APPROXIMATE where the official code augments afresh (augmentation=fresh does)")
+            log(
+                f"training reads these {features.shape[0]} stored views (one drawn per image and epoch), not a fresh "
+                "augmentation every step: APPROXIMATE where the official code augments afresh (augmentation=fresh does)"
+            )
         per_epoch = steps_per_epoch(labels.shape[0], optim.batch_size)
         epoch_batches = lambda: feature_batches(features, labels, optim.batch_size, generator)  # noqa: E731
         loss_of = method.feature_loss
@@ -193,7 +211,9 @@ def train(
                 loss = loss_of(inputs, labels_)
             where = f"epoch {epoch + 1}, step {step} (lr {lr:.3g})"
             if not torch.isfinite(loss.total):
-                raise TrainingDiverged(f"training diverged: the loss is {loss.total.item()} at {where}; no result is written")
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {loss.total.item()} at {where}; no result is written"
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 method.backward(loss, lambda x: x)
@@ -204,7 +224,9 @@ def train(
                 scaler.update()
             bad = next((name for name, p in method.trainable_parameters().items() if not torch.isfinite(p).all()), None)
             if bad is not None:
-                raise TrainingDiverged(f"training diverged: parameter {bad} is not finite after {where}; no result is written")
+                raise TrainingDiverged(
+                    f"training diverged: parameter {bad} is not finite after {where}; no result is written"
+                )
             n = labels_.shape[0]
             seen += n
             for key, value in {"loss": loss.total, **loss.terms}.items():
@@ -234,8 +256,16 @@ def _record_line(record: dict) -> str:
 
 
 @torch.no_grad()
-def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, num_workers: int = 0, progress: bool = True,
-                   desc: str = "eval", precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    method: Method,
+    dataset: Dataset,
+    *,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "eval",
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (fp32) and labels over a dataset; the classifier (class features) is computed once, not per
     batch, and each image is encoded once."""
     method.eval()
@@ -244,8 +274,12 @@ def predict_logits(method: Method, dataset: Dataset, *, batch_size: int = 100, n
     all_logits, all_labels = [], []
     with autocast(device, precision):
         classifier = method.classifier()
-        for images, labels in tqdm(batches(_loader(dataset, batch_size, train=False, num_workers=num_workers)), desc=desc,
-                                   disable=not progress, unit="batch"):
+        for images, labels in tqdm(
+            batches(_loader(dataset, batch_size, train=False, num_workers=num_workers)),
+            desc=desc,
+            disable=not progress,
+            unit="batch",
+        ):
             all_logits.append(method.logits(images.to(device), classifier).float().cpu())
             all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)

@@ -40,7 +40,7 @@ from .protocols import Protocol, get_protocol
 RECIPES = {
     1: "before 2026-11-30",
     2: "Dassl's warm-up + cosine schedule, whole batches, Dassl's few-shot draw, crops from full-resolution "
-       "images, frozen backbone in eval mode, CLIPFit's distillation toward the pretrained weights",
+    "images, frozen backbone in eval mode, CLIPFit's distillation toward the pretrained weights",
 }
 RECIPE_VERSION = 2
 
@@ -48,7 +48,16 @@ RECIPE_VERSION = 2
 # how many processes load data, how much memory caches images, how the data is checked and on which
 # device it runs move nothing in what it trains (a device may move the last float digits); the seeds are
 # one folder each. A run interrupted on one machine resumes on another.
-NOT_IDENTITY = ("out", "seeds", "cache_dir", "num_workers", "image_cache_mb", "check_images", "eval_batch_size", "device")
+NOT_IDENTITY = (
+    "out",
+    "seeds",
+    "cache_dir",
+    "num_workers",
+    "image_cache_mb",
+    "check_images",
+    "eval_batch_size",
+    "device",
+)
 
 # A run decodes every image it will read before training when it reads at most this many (and always
 # with check_images=True): a broken test image must not surface after the whole training.
@@ -100,27 +109,45 @@ def resolve(config: RunConfig) -> RunConfig:
     spec = data.get_spec(config.dataset)
     check_model_name(config.model)  # before any data is read or generated
     if config.data_root is None and config.dataset in data.GENERIC_FORMATS:
-        raise ClipFitError(f"--data-root is required with --dataset {config.dataset} "
-                           f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})")
+        raise ClipFitError(
+            f"--data-root is required with --dataset {config.dataset} "
+            f"({'the folder of class sub-folders' if config.dataset == 'imagefolder' else 'the CSV file'})"
+        )
     template = config.template or spec.template
     check_template(template)
-    options = {**method_cls.protocol_defaults(config.protocol, config.dataset, config.shots), **method_cls.preset,
-               **config.method_options}
+    options = {
+        **method_cls.protocol_defaults(config.protocol, config.dataset, config.shots),
+        **method_cls.preset,
+        **config.method_options,
+    }
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
     if protocol.evaluates_unseen and not method_cls.classifies_unseen(options):
-        fix = " or --type vision-language" if "type" in {f.name for f in dataclasses.fields(method_cls.config_class)} else ""
-        raise ClipFitError(f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
-                           "not train on (its classifier holds the training classes only), so it has no base-to-new "
-                           f"result: use --protocol few-shot{fix}")
+        fix = (
+            " or --type vision-language"
+            if "type" in {f.name for f in dataclasses.fields(method_cls.config_class)}
+            else ""
+        )
+        raise ClipFitError(
+            f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
+            "not train on (its classifier holds the training classes only), so it has no base-to-new "
+            f"result: use --protocol few-shot{fix}"
+        )
     optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
     if optim.iterations is not None and optim.schedule == "cosine-epochs":
-        raise ClipFitError(f"--iterations: method {config.method!r} steps its schedule once per epoch (Dassl's); give --epochs")
+        raise ClipFitError(
+            f"--iterations: method {config.method!r} steps its schedule once per epoch (Dassl's); give --epochs"
+        )
     # Paths are written absolute, so that a run folder read from another working folder finds its data.
     resolved = dataclasses.replace(
-        config, template=template, optim=optim, method_options=options, seeds=list(config.seeds),
+        config,
+        template=template,
+        optim=optim,
+        method_options=options,
+        seeds=list(config.seeds),
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
-        cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)), hflip=training_flips(config),
+        cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)),
+        hflip=training_flips(config),
         crop_scale=training_crop_scale(config),
     )
     validate(resolved)
@@ -212,8 +239,10 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
     previous = RunConfig.from_dict(_read_json_object(config_file, fix), str(config_file))
     seed = config.seeds[0]
     if previous.seeds != [seed] or metrics.get("seed") != seed:
-        raise ClipFitError(f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
-                           f"(copied from another seed folder?); {fix}")
+        raise ClipFitError(
+            f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
+            f"(copied from another seed folder?); {fix}"
+        )
     recipe = metrics.get("recipe", 1)
     # How images were cached belongs to the recipe of an older run, not to the setting the user chose.
     old = {"image_cache": config.image_cache} if recipe != RECIPE_VERSION else {}
@@ -224,8 +253,10 @@ def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callabl
             f"use another --out or --overwrite"
         )
     if recipe != RECIPE_VERSION:
-        say(f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
-            f"({RECIPES[RECIPE_VERSION]}); redoing this seed")
+        say(
+            f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
+            f"({RECIPES[RECIPE_VERSION]}); redoing this seed"
+        )
         return None
     if metrics.get("weights") != weights:
         raise ClipFitError(
@@ -290,8 +321,9 @@ def image_datasets(backbone: Backbone, config: RunConfig):
         "resized-approximate": {"cache_bytes": config.image_cache_mb * 2**20, "resize_short_side": p.image_size},
         "none": {},
     }[config.image_cache]
-    train_tf = data.train_transform(p.image_size, p.mean, p.std, crop_scale=training_crop_scale(config),
-                                    hflip=training_flips(config))
+    train_tf = data.train_transform(
+        p.image_size, p.mean, p.std, crop_scale=training_crop_scale(config), hflip=training_flips(config)
+    )
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
     return (
         lambda samples: data.ImageDataset(samples, train_tf, **cache),
@@ -299,13 +331,20 @@ def image_datasets(backbone: Backbone, config: RunConfig):
     )
 
 
-def evaluate_sets(method: Method, protocol: Protocol, splits: data.DatasetSplits, test_dataset, config: RunConfig, progress: bool) -> dict[str, float]:
+def evaluate_sets(
+    method: Method, protocol: Protocol, splits: data.DatasetSplits, test_dataset, config: RunConfig, progress: bool
+) -> dict[str, float]:
     metrics = {}
     for name, subset in protocol.eval_sets(splits).items():
         method.set_classes(subset.classnames)
         result = evaluate(
-            method, test_dataset(subset.test), batch_size=config.eval_batch_size,
-            num_workers=config.num_workers, progress=progress, desc=f"eval {name}", precision=config.precision,
+            method,
+            test_dataset(subset.test),
+            batch_size=config.eval_batch_size,
+            num_workers=config.num_workers,
+            progress=progress,
+            desc=f"eval {name}",
+            precision=config.precision,
         )
         metrics[name] = result["accuracy"]
         metrics[f"{name}_n"] = result["n"]
@@ -325,15 +364,21 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
     for splits in per_seed.values():
         train_splits = protocol.train_classes(splits)
         if trains and not train_splits.train and data.get_spec(config.dataset).test_only:
-            raise DataError(f"dataset {config.dataset!r} is test-only (no training images): train on another dataset "
-                            f"and evaluate the run on this one: clipfit eval --run <seed folder> --dataset {config.dataset}")
+            raise DataError(
+                f"dataset {config.dataset!r} is test-only (no training images): train on another dataset "
+                f"and evaluate the run on this one: clipfit eval --run <seed folder> --dataset {config.dataset}"
+            )
         if trains and not train_splits.train:
-            raise DataError(f"dataset {config.dataset!r} at {config.data_root}: the training split is empty; "
-                                 f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there")
+            raise DataError(
+                f"dataset {config.dataset!r} at {config.data_root}: the training split is empty; "
+                f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there"
+            )
         for name, subset in protocol.eval_sets(splits).items():
             if not subset.test:
-                raise DataError(f"dataset {config.dataset!r} at {config.data_root}: the test split of {name!r} is empty; "
-                                     f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there")
+                raise DataError(
+                    f"dataset {config.dataset!r} at {config.data_root}: the test split of {name!r} is empty; "
+                    f"`clipfit data check --dataset {config.dataset} --data-root {config.data_root}` says what is there"
+                )
             needed.update((s.path, s) for s in subset.test)
         if trains:
             needed.update((s.path, s) for s in train_splits.train)
@@ -346,8 +391,16 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
     return per_seed
 
 
-def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progress: bool = True, echo: bool = True,
-             overwrite: bool = False, backbone: Backbone | None = None) -> dict:
+def run_seed(
+    config: RunConfig,
+    seed: int,
+    splits: data.DatasetSplits,
+    *,
+    progress: bool = True,
+    echo: bool = True,
+    overwrite: bool = False,
+    backbone: Backbone | None = None,
+) -> dict:
     """Train and evaluate one seed on its few-shot `splits`; a finished seed of the same setting is read
     back, not redone. The seed folder is locked for the whole time. ``backbone``: the base model freshly
     loaded for this seed (it is tuned in place), else it is loaded here."""
@@ -378,31 +431,57 @@ def run_seed(config: RunConfig, seed: int, splits: data.DatasetSplits, *, progre
         atomic_write_text(folder / "config.json", config_json)
         log = RunLog(folder / "log.txt", echo=False)
         log(f"config {config_json}")
-        log(f"recipe {RECIPE_VERSION} (data, loaders and frozen backbone; each method's optimiser is in the config above)")
+        log(
+            f"recipe {RECIPE_VERSION} (data, loaders and frozen backbone; "
+            "each method's optimiser is in the config above)"
+        )
         if config.image_cache == "resized-approximate":
-            log("image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
-                "model's input size, not from the full-resolution files as the reference transform does")
-        for name, count in data.classes_short_of(splits, config.shots) if config.shots > 0 and method.regime.trains else []:
-            log(f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: all are used (as Dassl does)")
+            log(
+                "image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "
+                "model's input size, not from the full-resolution files as the reference transform does"
+            )
+        for name, count in (
+            data.classes_short_of(splits, config.shots) if config.shots > 0 and method.regime.trains else []
+        ):
+            log(
+                f"class {name!r} has {count} train image(s), fewer than shots={config.shots}: "
+                "all are used (as Dassl does)"
+            )
         log(f"trainable parameters {sum(method.parameter_groups().values())} {method.parameter_groups()}")
         started = time.time()
         train_dataset, test_dataset = image_datasets(backbone, config)
         try:
             history = train(
-                method, train_dataset(train_splits.train), config.optim, seed=seed,
-                plain_dataset=test_dataset(train_splits.train), val_dataset=test_dataset(train_splits.val),
-                num_workers=config.num_workers, progress=progress, log=log, precision=config.precision,
+                method,
+                train_dataset(train_splits.train),
+                config.optim,
+                seed=seed,
+                plain_dataset=test_dataset(train_splits.train),
+                val_dataset=test_dataset(train_splits.val),
+                num_workers=config.num_workers,
+                progress=progress,
+                log=log,
+                precision=config.precision,
             )
         except ClipFitError as err:
             log(f"error {err}")
             raise
         if method.regime.fit:  # a fitted head or cache is sized by the training set only now
-            log(f"trainable parameters after fitting {sum(method.parameter_groups().values())} {method.parameter_groups()}")
-        method.save_pretrained(folder / "adapter.safetensors", precision=config.precision, options=config.method_options)
+            log(
+                f"trainable parameters after fitting {sum(method.parameter_groups().values())} "
+                f"{method.parameter_groups()}"
+            )
+        method.save_pretrained(
+            folder / "adapter.safetensors", precision=config.precision, options=config.method_options
+        )
         metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
         metrics.update(
-            seed=seed, recipe=RECIPE_VERSION, weights=weights, trainable_parameters=sum(method.parameter_groups().values()),
-            final_train_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None), seconds=round(time.time() - started, 1),
+            seed=seed,
+            recipe=RECIPE_VERSION,
+            weights=weights,
+            trainable_parameters=sum(method.parameter_groups().values()),
+            final_train_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None),
+            seconds=round(time.time() - started, 1),
             config_sha256=_sha256(config_json.encode("utf-8")),
             adapter_sha256=_file_sha256(folder / "adapter.safetensors"),
         )
@@ -417,12 +496,27 @@ def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
     averaged; its std is over the per-seed values, which `per_seed` keeps."""
     protocol = get_protocol(config.protocol)
     per_seed = sorted(per_seed, key=lambda m: m["seed"])
-    summary = {"out": config.out, "method": config.method, "model": config.model, "pretrained": config.pretrained, "dataset": config.dataset,
-               "protocol": config.protocol, "shots": config.shots, "seeds": [m["seed"] for m in per_seed], "per_seed": per_seed,
-               "mean": {}, "std": {}, "setting": setting(config)}
+    summary = {
+        "out": config.out,
+        "method": config.method,
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "shots": config.shots,
+        "seeds": [m["seed"] for m in per_seed],
+        "per_seed": per_seed,
+        "mean": {},
+        "std": {},
+        "setting": setting(config),
+    }
     if not per_seed:
         return summary
-    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], float) and not k.endswith("_n") and k not in ("final_train_loss", "seconds")]
+    keys = [
+        k
+        for k in per_seed[0]
+        if isinstance(per_seed[0][k], float) and not k.endswith("_n") and k not in ("final_train_loss", "seconds")
+    ]
     for key in keys:
         values = [m[key] for m in per_seed]
         summary["mean"][key] = statistics.fmean(values)
@@ -450,8 +544,10 @@ def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = F
             previous["setting"] = upgraded_setting(previous["setting"])
         if "setting" in previous and previous["setting"] != setting(config):
             diff = _differs(previous["setting"], setting(config))
-            raise ClipFitError(f"{out}: holds runs of a different config (differs in: {', '.join(diff)}); "
-                               f"use another --out or --overwrite")
+            raise ClipFitError(
+                f"{out}: holds runs of a different config (differs in: {', '.join(diff)}); "
+                f"use another --out or --overwrite"
+            )
         merged = {m["seed"]: m for m in previous.get("per_seed", []) if "setting" in previous}
         merged.update({m["seed"]: m for m in finished})
         merged.pop(drop, None)
@@ -469,8 +565,17 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
     _update_summary(config, [], overwrite)  # claim the folder for this setting
     per_seed = []
     for seed in config.seeds:
-        per_seed.append(run_seed(config, seed, per_seed_splits[seed], progress=progress, echo=echo,
-                                 overwrite=overwrite, backbone=backbone))
+        per_seed.append(
+            run_seed(
+                config,
+                seed,
+                per_seed_splits[seed],
+                progress=progress,
+                echo=echo,
+                overwrite=overwrite,
+                backbone=backbone,
+            )
+        )
         backbone = None  # training tuned it in place: every later seed starts from the file again
         _update_summary(config, per_seed[-1:])
     return summarize(config, per_seed)
@@ -485,8 +590,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
         raise ClipFitError(f"{run_dir}: not a run folder (no config.json); pass a seed folder such as runs/x/seed1")
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
-        raise ClipFitError(f"{run_dir}: the run did not finish (no metrics.json); rerun it: "
-                           f"clipfit train --config {config_file} --out {run_dir.parent}")
+        raise ClipFitError(
+            f"{run_dir}: the run did not finish (no metrics.json); rerun it: "
+            f"clipfit train --config {config_file} --out {run_dir.parent}"
+        )
     config = RunConfig.from_file(config_file)
     rerun = f"clipfit train --config {config_file} --out {run_dir.parent}"
     problem = _completion_problem(run_dir, _read_json_object(metrics_file, f"rerun it: {rerun} --overwrite"))
@@ -496,6 +603,8 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
     return config, load_adapter(run_dir / "adapter.safetensors", device=device, precision=config.precision)
 
 
-def load_adapter(path: str | Path, *, device: str = "auto", backbone: Backbone | None = None, precision: str | None = None) -> Method:
+def load_adapter(
+    path: str | Path, *, device: str = "auto", backbone: Backbone | None = None, precision: str | None = None
+) -> Method:
     """`Method.from_pretrained`: the tuned model an adapter file (or a seed folder) describes."""
     return Method.from_pretrained(path, device=device, backbone=backbone, precision=precision)

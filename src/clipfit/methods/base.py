@@ -1,9 +1,12 @@
-"""The base every method builds on, and the registry that names them.
+"""The contract every method fulfils (`Method`, its `MethodConfig`, the `Regime` the engine trains it in,
+the `Loss` it returns) and the numerics several methods share.
 
 A method says what is trainable (tensors of the backbone it selects by structure, and modules it adds),
-how it classifies (`classifier`, `logits_from_features`), what its loss adds (`training_loss`), how a
-step's gradients are combined (`backward`) and its paper's optimisation defaults per protocol
-(`optim_defaults`); the training and evaluation loop lives in `clipfit.engine` and is shared by all.
+how it classifies (`classifier`, `logits_from_features`), what its loss adds (`training_loss`) and how a
+step's gradients are combined (`backward`); its paper's optimisation defaults per protocol, dataset and
+shots are data, the method's recipe file (`clipfit.recipes`, read by `optim_defaults` and
+`protocol_defaults`). The training and evaluation loop lives in `clipfit.engine` and is shared by all;
+the registry that names the methods is `clipfit.methods.registry`.
 
 Adapter files hold a method's state under two kinds of names that cannot collide: a backbone tensor the
 method trains keeps its key in the backbone's state dict (`transformer.resblocks.0.mlp.c_proj.bias`), a
@@ -28,7 +31,7 @@ from ..backbone import Backbone, load_backbone, weights_fingerprint
 from ..config import check_device, check_template
 from ..errors import ClipFitError
 from ..precision import apply_precision
-from ..registry import Registry
+from ..recipes import recipe_defaults, recipe_files
 from ..text_encoding import fp32, normalize_fp32
 
 # Prefix of the adapter-file keys of tensors a method adds (see the module doc).
@@ -118,6 +121,10 @@ class Method(nn.Module):
     # Whether the classifier is built from class names alone, so that it can classify classes it never
     # trained on (base-to-new's "new" half). A linear head cannot: base-to-new refuses it up front.
     classifies_unseen_classes: ClassVar[bool] = True
+    # The `clipfit train` shortcut flags this method accepts, each setting the method option of its name:
+    # "beta" (CLIPFit's regulariser weight), "type" (the PEFT-for-CLIP study's classifier, `HeadConfig`). An
+    # option of the same name not listed here is another quantity (Tip-Adapter's beta): `--option` only.
+    cli_shortcuts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, config: MethodConfig):
         super().__init__()
@@ -149,15 +156,23 @@ class Method(nn.Module):
     @classmethod
     def protocol_defaults(cls, protocol: str, dataset: str, shots: int = 16) -> dict:
         """Method options that depend on the protocol, the dataset's registry name or the shots (filled in
-        where the user gave none). Method-specific values live here, never in the dataset's spec."""
-        return {}
+        where the user gave none): the ``options`` of the method's recipe file (`clipfit.recipes`); {} for a
+        method no recipe file names (a plugin's, a test's). Method-specific values live there, never in the
+        dataset's spec."""
+        return cls._recipe(protocol, dataset, shots)[1]
 
     @classmethod
     def optim_defaults(cls, protocol: str, dataset: str, shots: int = 16) -> dict:
         """`OptimConfig` fields (epochs, batch_size, lr) as the method's paper and official code set them
-        for the protocol, dataset and shots (filled in where the user gave none; the rest fall back to
-        `OptimConfig`'s own defaults)."""
-        return {}
+        for the protocol, dataset and shots: the ``optim`` of its recipe file (filled in where the user gave
+        none; the rest fall back to `OptimConfig`'s own defaults); {} for a method no recipe file names."""
+        return cls._recipe(protocol, dataset, shots)[0]
+
+    @classmethod
+    def _recipe(cls, protocol: str, dataset: str, shots: int) -> tuple[dict, dict]:
+        if cls.name not in recipe_files():
+            return {}, {}
+        return recipe_defaults(cls.name, protocol, dataset, shots)
 
     def train(self, mode: bool = True) -> Method:
         """Switch the method's own modules to training mode; the frozen backbone always stays in eval mode.
@@ -177,8 +192,9 @@ class Method(nn.Module):
         if ("prompt_tokens" in self._buffers and list(classnames) != self.classnames
                 and not self.classifies_unseen(dataclasses.asdict(self.config))):
             head = " with type=vision" if getattr(self.config, "type", None) == "vision" else ""
-            raise ClipFitError(f"method {self.name!r}{head} classifies only the {len(self.classnames)} classes it was trained "
-                               "on (its classifier holds them)" + ("; use type=vision-language to classify other classes" if head else ""))
+            hint = "; use type=vision-language to classify other classes" if head else ""
+            raise ClipFitError(f"method {self.name!r}{head} classifies only the {len(self.classnames)} classes it was "
+                               "trained on (its classifier holds them)" + hint)
         check_template(self.template)
         self.classnames = list(classnames)
         self.prompts = self.class_prompts(self.classnames)
@@ -208,7 +224,8 @@ class Method(nn.Module):
 
     def added_parameters(self) -> dict[str, nn.Parameter]:
         """Trainable tensors of the modules the method adds, as `method.<name>`."""
-        return {ADDED + name: p for name, p in self.named_parameters() if not name.startswith("clip.") and p.requires_grad}
+        return {ADDED + name: p for name, p in self.named_parameters()
+                if not name.startswith("clip.") and p.requires_grad}
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every tensor the optimiser updates, by its adapter-file key (see the module doc)."""
@@ -317,7 +334,8 @@ class Method(nn.Module):
         """What an adapter file holds: the backbone tensors the method trains, and every parameter and
         persistent buffer of the modules it adds (`method.<name>`)."""
         state = {name: p.detach() for name, p in self.backbone_parameters().items()}
-        state.update({ADDED + name: t.detach() for name, t in self.state_dict().items() if not name.startswith("clip.")})
+        state.update({ADDED + name: t.detach() for name, t in self.state_dict().items()
+                      if not name.startswith("clip.")})
         return {name: t.clone().contiguous() for name, t in state.items()}
 
     def export_state(self) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -327,8 +345,9 @@ class Method(nn.Module):
         classifies with the class prompts. A method that adds modules and names no other form changes how
         the towers run (learned prompts inside them): `ClipFitError`."""
         if any(key.startswith(ADDED) for key in self.adapter_state()):
-            raise ClipFitError(f"method {self.name!r} cannot be exported for plain open_clip: its learned prompts change "
-                               "how the towers run; classify with its run folder: clipfit predict --run SEED_FOLDER")
+            raise ClipFitError(f"method {self.name!r} cannot be exported for plain open_clip: its learned prompts "
+                               "change how the towers run; classify with its run folder: "
+                               "clipfit predict --run SEED_FOLDER")
         return "open_clip", self.clip.state_dict(), {}, {}
 
     def save_pretrained(self, path: str | Path, *, precision: str = "fp32", options: dict | None = None) -> Path:
@@ -371,6 +390,8 @@ class Method(nn.Module):
         elif (backbone.model_name, backbone.pretrained) != (info.model, info.pretrained):
             raise ClipFitError(f"{path}: trained on {info.model} {info.pretrained}, not on the given "
                                f"{backbone.model_name} {backbone.pretrained}")
+        from .registry import build_method  # the registry imports this module
+
         method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
         apply_precision(method, precision or info.precision)  # the weight layout it was trained and measured in
         method.load_adapter_state(tensors, source=str(path))
@@ -385,62 +406,14 @@ class Method(nn.Module):
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets))
         if missing or unexpected:
-            raise ClipFitError(f"{source}: does not match method {self.name!r} on this backbone (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ClipFitError(f"{source}: does not match method {self.name!r} on this backbone "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         with torch.no_grad():
             for name, t in targets.items():
                 if state[name].shape != t.shape:
-                    raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the model expects {tuple(t.shape)}")
+                    raise ClipFitError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                       f"the model expects {tuple(t.shape)}")
                 t.copy_(state[name].to(t.dtype))
-
-
-HEAD_TYPES = ("vision", "vision-language")
-
-
-@dataclass
-class HeadConfig(MethodConfig):
-    """The PEFT-for-CLIP study's `--type`: "vision-language" classifies by cosine against the class prompts'
-    text features (times CLIP's logit scale), "vision" by a linear head on the image features, trained with
-    the method (it cannot name classes it did not train on). Subclasses set the default of their paper."""
-
-    type: str = "vision-language"
-
-    def check(self) -> None:
-        if self.type not in HEAD_TYPES:
-            raise ClipFitError(f"type must be one of {', '.join(HEAD_TYPES)}, got {self.type!r}")
-
-
-class HeadedMethod(Method):
-    """A method whose classifier is either the class prompts or a linear head (`HeadConfig.type`).
-
-    `encode_images` here returns the method's image features before normalisation, fp32 [batch, dim]
-    (what a linear head reads, as the study's `head(image_features)`); the vision-language classifier
-    normalises them. With a head, `Method.set_classes` accepts only the class list it was trained on."""
-
-    config_class = HeadConfig
-
-    @classmethod
-    def classifies_unseen(cls, options: dict) -> bool:
-        return options.get("type", cls.config_class().type) == "vision-language"
-
-    @property
-    def has_head(self) -> bool:
-        return self.config.type == "vision"
-
-    def add_head(self, dim: int) -> None:
-        """With `type` vision: a Linear(dim -> classes) head with PyTorch's default init (the study's
-        `nn.Linear(output_dim, num_classes)`); call from `add_modules`."""
-        if self.has_head:
-            self.head = nn.Linear(dim, len(self.classnames))
-
-    def classifier(self) -> torch.Tensor | None:
-        return None if self.has_head else self.class_features()
-
-    def logits_from_features(self, image_features: torch.Tensor, classifier: torch.Tensor | None) -> torch.Tensor:
-        """fp32 logits: the head's output, or logit_scale * cos(image, class prompt)."""
-        if self.has_head:
-            with fp32(image_features.device):
-                return self.head(image_features.float())
-        return super().logits_from_features(normalize_fp32(image_features), classifier)
 
 
 def require_prepared(method: Method, attribute: str) -> None:
@@ -464,7 +437,8 @@ def train_image_layernorms(method: Method) -> dict[str, nn.Parameter]:
     ResNet)."""
     from ..backbone import image_layernorms
 
-    norms = select_parameters(method.clip, [(norm, attr) for norm in image_layernorms(method.clip) for attr in ("weight", "bias")])
+    pairs = [(norm, attr) for norm in image_layernorms(method.clip) for attr in ("weight", "bias")]
+    norms = select_parameters(method.clip, pairs)
     if not norms:
         raise ClipFitError(f"method {method.name}: the image tower has no LayerNorm (a ResNet) to train")
     for p in norms.values():
@@ -478,60 +452,15 @@ def select_parameters(model: nn.Module, modules_and_attrs: list[tuple[nn.Module,
     return {name: p for name, p in model.named_parameters() if id(p) in wanted}
 
 
-# Listing order (`clipfit methods`, the leaderboard's rows before sorting): CLIPFit and its Table 5-6
-# ablations, the CoOp family, zero-shot, the adapter family, CLIP-LoRA, VPT; a plugin's methods follow
-# alphabetically.
-METHODS: Registry[type[Method]] = Registry("method", order=(
-    "clipfit", "bitfit-all", "bitfit-text", "bitfit-text-mlp", "bitfit-text-proj", "ln-only", "clipfit-no-kd",
-    "clipfit-no-ln", "coop", "coop+ln", "kgcoop", "kgcoop+ln", "prograd", "cocoop", "maple", "zeroshot",
-    "linear-probe", "clip-adapter", "clip-adapter+ln", "tip-adapter", "tip-adapter-f", "clip-lora", "vpt-shallow",
-    "vpt-deep"))
+# Names this module held before the registry and the heads got modules of their own.
+_MOVED = {"METHODS": "registry", "register_method": "registry", "register_variant": "registry",
+          "method_config": "registry", "get_method": "registry", "build_method": "registry",
+          "method_regime": "registry", "HEAD_TYPES": "heads", "HeadConfig": "heads", "HeadedMethod": "heads"}
 
 
-def register_method(cls: type[Method]) -> type[Method]:
-    """Add a method under `cls.name`; a name taken by another class raises `ValueError`."""
-    return METHODS.register(cls.name, cls)
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def register_variant(base: type[Method], name: str, description: str, **preset) -> type[Method]:
-    """Register `base` with some options fixed under a name of its own (CLIPFit's Table 4-6 variants:
-    `coop+ln`, `bitfit-text`, ...): a config of one method plus its name, not a new implementation."""
-    unknown = sorted(set(preset) - {f.name for f in dataclasses.fields(base.config_class)})
-    if unknown:
-        raise ValueError(f"variant {name!r}: {base.name} has no option(s) {', '.join(unknown)}")
-    variant = type(base.__name__ + "Variant", (base,), {"name": name, "description": description,
-                                                        "preset": {**base.preset, **preset}, "__module__": base.__module__})
-    return register_method(variant)
-
-
-def method_config(name: str, options: dict | None = None) -> MethodConfig:
-    """The method's config from user options over its preset; `ClipFitError` for an unknown option or
-    one that contradicts what the variant fixes."""
-    cls = get_method(name)
-    options = dict(options or {})
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ClipFitError(f"method {name!r} has no option(s) {', '.join(unknown)} (options: {', '.join(sorted(fields)) or 'none'})")
-    for key, value in cls.preset.items():
-        if key in options and options[key] != value:
-            raise ClipFitError(f"method {name!r} fixes option {key} = {value!r} (got {options[key]!r}); "
-                               f"use the base method {cls.__mro__[1].name!r} to change it")
-    config = cls.config_class(**{**options, **cls.preset})
-    config.check()
-    return config
-
-
-def get_method(name: str) -> type[Method]:
-    """The registered method class named ``name``; `ClipFitError` naming close matches otherwise."""
-    return METHODS.lookup(name)
-
-
-def build_method(name: str, backbone: Backbone, classnames: list[str], template: str, options: dict | None = None) -> Method:
-    cls = get_method(name)
-    return cls(backbone, classnames, template, method_config(name, options))
-
-
-def method_regime(name: str, options: dict | None = None) -> Regime:
-    """How the engine trains method ``name`` with ``options`` (checked as `method_config` checks them)."""
-    return get_method(name).training_regime(method_config(name, options))
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

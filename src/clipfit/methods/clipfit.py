@@ -1,14 +1,17 @@
 """CLIPFit: tune the text MLPs' output-projection biases and the image tower's LayerNorms.
 
+Li et al., "Vision-Language Model Fine-Tuning via Simple Parameter-Efficient Modification" (EMNLP 2023);
+official code minglllli/CLIPFit@4dde049 (its Dassl trainer and configs; the recipe: `recipes/clipfit.yaml`).
+
 The loss adds a distillation term that keeps the tuned class text features close to the pretrained
 ones: CE + beta * (1 - mean_i cos(w_i, w_i_clip)) (paper eq. 4; the official code has the `1 -`). The
 paper's eq. 5 alternative, an MSE between the tuned and pretrained text biases, is
-`regularizer="bias-mse"`. Defaults from the paper and the official code (minglllli/CLIPFit, its Dassl
-configs): NOTES.md.
+`regularizer="bias-mse"`.
 
 The same class, with other `text` / `image` selections and regularisers, is every inherent-parameter
-method of CLIPFit's Tables 5 and 6 (BitFit (a)-(d), LayerNorms only, the ablations), registered as
-variants below: each is a config of this one selection method plus its name.
+method of CLIPFit's Tables 5 and 6: its own ablations (Table 6: `clipfit-no-kd`, `clipfit-no-ln`) are
+registered below, the BitFit strategies and LayerNorms-only in `bitfit.py`; each is a config of this one
+selection method plus its name.
 """
 
 from __future__ import annotations
@@ -29,16 +32,8 @@ from ..backbone import (
 )
 from ..errors import ClipFitError
 from ..text_encoding import fp32
-from .base import (
-    Loss,
-    Method,
-    MethodConfig,
-    feature_distance,
-    register_method,
-    register_variant,
-    require_prepared,
-    select_parameters,
-)
+from .base import Loss, Method, MethodConfig, feature_distance, require_prepared, select_parameters
+from .registry import register_method, register_variant
 
 REGULARIZERS = ("kd", "bias-mse", "none")
 
@@ -52,21 +47,16 @@ TEXT_SELECTIONS = {
     "none": ("", lambda model: []),
 }
 IMAGE_SELECTIONS = {
-    "layernorm": ("image LayerNorms", lambda model: [(norm, attr) for norm in image_layernorms(model) for attr in ("weight", "bias")]),
+    "layernorm": ("image LayerNorms",
+                  lambda model: [(norm, attr) for norm in image_layernorms(model) for attr in ("weight", "bias")]),
     "bias": ("image block biases", image_block_biases),  # with text "bias": BitFit (a)
     "none": ("", lambda model: []),
 }
 
-# The paper's epochs: 10 for ImageNet and Food101, 100 for every other dataset (and for users' own data).
-SHORT_SCHEDULE_DATASETS = {"imagenet": 10, "food101": 10}
-# Few-shot beta: 2, except SUN397 and DTD (8); base-to-new and cross-dataset 8, distribution shift 2.
-FEWSHOT_BETA = {"sun397": 8.0, "dtd": 8.0}
-PROTOCOL_BETA = {"base2new": 8.0, "cross-dataset": 8.0, "distribution-shift": 2.0}
-
-
 @dataclass
 class CLIPFitConfig(MethodConfig):
-    # None means the protocol's default (NOTES.md: 8 base-to-new/cross-dataset, 2 distribution shift, few-shot 2 or 8).
+    # None means the protocol's default (the recipe: 8 base-to-new/cross-dataset, 2 distribution shift,
+    # few-shot 2 or 8).
     beta: float | None = None
     regularizer: str = "kd"
     text: str = "mlp-output-bias"  # a key of TEXT_SELECTIONS
@@ -74,7 +64,8 @@ class CLIPFitConfig(MethodConfig):
 
     def check(self):
         if self.regularizer not in REGULARIZERS:
-            raise ClipFitError(f"method clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
+            raise ClipFitError(f"method clipfit: regularizer must be one of {', '.join(REGULARIZERS)}, "
+                               f"got {self.regularizer!r}")
         for option, value, choices in (("text", self.text, TEXT_SELECTIONS), ("image", self.image, IMAGE_SELECTIONS)):
             if value not in choices:
                 raise ClipFitError(f"method clipfit: {option} must be one of {', '.join(choices)}, got {value!r}")
@@ -85,8 +76,10 @@ class CLIPFitConfig(MethodConfig):
 @register_method
 class CLIPFit(Method):
     name = "clipfit"
-    description = "CLIPFit (Li et al., EMNLP 2023): text MLP output-projection biases + image LayerNorms, KD to zero-shot"
+    description = ("CLIPFit (Li et al., EMNLP 2023): text MLP output-projection biases + image LayerNorms, "
+                   "KD to zero-shot")
     config_class = CLIPFitConfig
+    cli_shortcuts = ("beta",)  # --beta: the regulariser's weight
 
     def __init__(self, backbone, classnames, template, config: CLIPFitConfig):
         if config.beta is None and config.regularizer != "none":
@@ -105,19 +98,6 @@ class CLIPFit(Method):
         # distils toward the features these give, never toward already-tuned weights.
         self.pretrained_values = {name: p.detach().clone() for name, p in self.backbone_parameters().items()}
         self.pretrained_class_features: torch.Tensor | None = None
-
-    @classmethod
-    def protocol_defaults(cls, protocol, dataset, shots=16):
-        if cls.preset.get("regularizer") == "none":
-            return {}  # no regulariser, no weight
-        if protocol == "few-shot":
-            return {"beta": FEWSHOT_BETA.get(dataset, 2.0)}
-        return {"beta": PROTOCOL_BETA.get(protocol, 8.0)}
-
-    @classmethod
-    def optim_defaults(cls, protocol, dataset, shots=16):
-        # CLIPFit's recipe for every variant: Table 5 and 6 trained them in CLIPFit's own code and settings.
-        return {"epochs": SHORT_SCHEDULE_DATASETS.get(dataset, 100), "batch_size": 32, "lr": 0.002}
 
     def backbone_parameters(self):
         return {**self.text_biases, **self.image_norms}
@@ -182,17 +162,7 @@ class CLIPFit(Method):
         return Loss(ce + self.config.beta * reg, {"ce": ce, self.config.regularizer: reg})
 
 
-# CLIPFit's Table 5 (BitFit strategies, trained with the CE loss alone) and Table 6 (ablations).
-register_variant(CLIPFit, "bitfit-all", "BitFit (a), CLIPFit Table 5: every bias in both towers' blocks, CE only",
-                 text="bias", image="bias", regularizer="none")
-register_variant(CLIPFit, "bitfit-text", "BitFit (b), CLIPFit Table 5: every bias in the text blocks, CE only",
-                 text="bias", image="none", regularizer="none")
-register_variant(CLIPFit, "bitfit-text-mlp", "BitFit (c), CLIPFit Table 5: the text MLPs' biases, CE only",
-                 text="mlp-bias", image="none", regularizer="none")
-register_variant(CLIPFit, "bitfit-text-proj", "BitFit (d), CLIPFit Table 5: the text MLPs' output-projection biases, CE only",
-                 text="mlp-output-bias", image="none", regularizer="none")
-register_variant(CLIPFit, "ln-only", "CLIPFit Table 6: the image LayerNorms alone, CE only",
-                 text="none", image="layernorm", regularizer="none")
+# CLIPFit's Table 6 ablations of its own recipe.
 register_variant(CLIPFit, "clipfit-no-kd", "CLIPFit Table 6: CLIPFit without the distillation term",
                  regularizer="none")
 register_variant(CLIPFit, "clipfit-no-ln", "CLIPFit Table 6: CLIPFit's text biases and distillation, no LayerNorms",

@@ -1,7 +1,7 @@
 """CLIP-LoRA: low-rank updates of the attention projections of both towers.
 
 Zanella and Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models" (CVPR Workshops 2024), as
-its official code runs it (MaxZanella/CLIP-LoRA: `main.py`, `lora.py`, `run_utils.py`,
+its official code runs it (MaxZanella/CLIP-LoRA@358f0d7: `main.py`, `lora.py`, `run_utils.py`,
 `loralib/layers.py`, `loralib/utils.py`; `../shared/spec/methods-adapters.md` section 5).
 
 Every chosen projection W (the query, key and value rows of an attention block's packed input projection,
@@ -54,15 +54,12 @@ from torch import nn
 
 from ..backbone import text_tower
 from ..errors import ClipFitError
-from .base import Method, MethodConfig, register_method
+from .base import Method, MethodConfig
+from .registry import register_method
 
 MATRICES = "qkvo"  # query, key, value (rows of the packed input projection), output projection
 ENCODERS = ("both", "text", "vision")
 TOWERS = ("image", "text")
-# The official budget: 500 x shots iterations of batch 32 (MaxZanella/CLIP-LoRA#10); with all images
-# (shots 0) the 16-shot budget.
-ITERATIONS_PER_SHOT = 500
-ALL_IMAGES_ITERATIONS = 500 * 16
 
 
 class LoRAFactors(nn.Module):
@@ -70,7 +67,8 @@ class LoRAFactors(nn.Module):
     zeros; `forward(x)` is the LoRA branch scale * (dropout(x) A^T) B^T. fp32 whatever the backbone's
     dtype; created on the backbone's device, drawing from torch's global generator."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, scale: float, dropout: float, device: torch.device):
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float, dropout: float,
+                 device: torch.device):
         super().__init__()
         self.A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=torch.float32))
         self.B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=torch.float32))
@@ -224,13 +222,15 @@ class CLIPLoRAConfig(MethodConfig):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
             raise ClipFitError(f"method clip-lora: option alpha must be a finite number > 0, got {self.alpha!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ClipFitError(f"method clip-lora: option dropout must be a number from 0 to below 1, got {self.dropout!r}")
+            raise ClipFitError(f"method clip-lora: option dropout must be a number from 0 to below 1, "
+                               f"got {self.dropout!r}")
         if (not isinstance(self.matrices, str) or not self.matrices or any(c not in MATRICES for c in self.matrices)
                 or len(set(self.matrices)) != len(self.matrices)):
             raise ClipFitError(f"method clip-lora: option matrices must be distinct letters of {MATRICES!r} "
                                f"(q, k, v: input projections; o: output projection), got {self.matrices!r}")
         if self.encoder not in ENCODERS:
-            raise ClipFitError(f"method clip-lora: option encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+            raise ClipFitError(f"method clip-lora: option encoder must be one of {', '.join(ENCODERS)}, "
+                               f"got {self.encoder!r}")
 
 
 @register_method
@@ -261,7 +261,8 @@ class CLIPLoRA(Method):
             attentions = tower_attentions(self.clip, tower)
             if not attentions:
                 if config.encoder == "vision":
-                    raise ClipFitError("method clip-lora: encoder=vision, but the image tower has no attention blocks (a ResNet)")
+                    raise ClipFitError("method clip-lora: encoder=vision, but the image tower has no attention "
+                                       "blocks (a ResNet)")
                 self.notes.append("the image tower has no attention blocks (a ResNet): only the text tower gets LoRA")
                 continue
             blocks = nn.ModuleList()
@@ -274,12 +275,6 @@ class CLIPLoRA(Method):
                 attach_lora(attention, dict(factors.items()))
                 self.attention_names[(tower, i)] = names[id(attention)]
             self.lora[tower] = blocks
-
-    @classmethod
-    def optim_defaults(cls, protocol, dataset, shots=16):
-        return {"optimizer": "adamw", "schedule": "cosine-iterations",
-                "iterations": ITERATIONS_PER_SHOT * shots if shots else ALL_IMAGES_ITERATIONS,
-                "batch_size": 32, "lr": 2e-4, "weight_decay": 1e-2, "warmup_epochs": 0, "min_lr": 1e-6}
 
     def parameter_groups(self):
         return {f"lora_{tower}": sum(p.numel() for p in blocks.parameters()) for tower, blocks in self.lora.items()}

@@ -1,5 +1,7 @@
-"""VPT-shallow and VPT-deep (visual prompt tuning, Jia et al., ECCV 2022) on CLIP's image tower, as the
-PEFT-for-CLIP study (`Andy-LZH/peft4clip`) applies them.
+"""VPT-shallow and VPT-deep: visual prompt tuning on CLIP's image tower, as the PEFT-for-CLIP study applies it.
+
+Jia et al., "Visual Prompt Tuning" (ECCV 2022); on CLIP as the PEFT-for-CLIP study's code runs it,
+Andy-LZH/peft4clip@8c00629 (the recipe: `recipes/vpt.yaml`).
 
 N learned prompt tokens are inserted right after the class token, after the positional embedding and
 `ln_pre` (they get neither); shallow: one set at the input; deep: each block i >= 1 replaces the N prompt
@@ -25,7 +27,7 @@ Recipe (`src/configs/config.py`, `src/engine/engines.py`, `configs/VPT-CLIP-{Sha
 momentum 0.9, weight decay 1e-4, batch 32, the base lr held constant for WARMUP_EPOCH (5) + TOTAL_EPOCH
 epochs (the study has no scheduler: its "warm-up" epochs run at the same lr), so epochs = 5 + TOTAL_EPOCH,
 no warm-up. N, lr and TOTAL_EPOCH per task for the datasets the study shares with CoOp (its VTAB tasks
-dtd, flowers, oxford_pet, caltech101, eurosat, sun397), `VPT_TASKS` below; every other dataset gets the
+dtd, flowers, oxford_pet, caltech101, eurosat, sun397), in the recipe; every other dataset gets the
 config.py defaults (N 5, lr 0.01, 30 epochs). The study's `food-101.yaml` is not used: its `train.py`
 accepts only the VTAB tasks, so that file never runs. The per-dataset values follow the registered name
 (`vpt-shallow`'s column, `vpt-deep`'s column): `vpt-shallow` with `deep=True` keeps the shallow column.
@@ -45,31 +47,12 @@ from torch import nn
 
 from ..backbone import encode_image_vpt, vision_width
 from ..errors import ClipFitError
-from .base import HeadConfig, HeadedMethod, register_method, register_variant
+from .heads import HeadConfig, HeadedMethod
+from .registry import register_method, register_variant
 
-# config.py: MODEL.PROMPT.NUM_TOKENS, SOLVER.BASE_LR, SOLVER.TOTAL_EPOCH, SOLVER.WEIGHT_DECAY, SOLVER.MOMENTUM,
-# SOLVER.WARMUP_EPOCH, DATA.BATCH_SIZE.
-STUDY_DEFAULTS = {"num_tokens": 5, "lr": 0.01, "total_epochs": 30, "weight_decay": 1e-4}
-STUDY_MOMENTUM, STUDY_WARMUP_EPOCHS, STUDY_BATCH_SIZE = 0.9, 5, 32
-# Our dataset -> the study's task config: (shallow, deep), each (N, lr, weight decay, TOTAL_EPOCH).
-# flowers.yaml names no NUM_TOKENS (config.py's 5) and no MOMENTUM (0.9).
-VPT_TASKS = {
-    "caltech101": ((100, 10.0, 1e-4, 10), (10, 1.0, 1e-4, 3)),  # caltech101.yaml
-    "dtd": ((10, 1.0, 1e-4, 5), (10, 1.0, 1e-4, 5)),  # dtd.yaml
-    "oxford_flowers": ((5, 1.0, 1e-4, 10), (5, 1.0, 1e-4, 10)),  # flowers.yaml
-    "oxford_pets": ((1, 1.0, 1e-4, 5), (1, 1.0, 1e-4, 5)),  # oxford_pet.yaml
-    "eurosat": ((100, 10.0, 1e-4, 5), (100, 10.0, 1e-4, 30)),  # eurosat.yaml
-    "sun397": ((50, 10.0, 1e-4, 5), (50, 1.0, 1e-4, 5)),  # sun397.yaml
-}
+# config.py's MODEL.PROMPT.NUM_TOKENS, for a run without a recipe value (num_tokens left None).
+DEFAULT_NUM_TOKENS = 5
 PROMPT_DROPOUT = 0.1  # VisionPromptCLIP.py: nn.Dropout(0.1) (config.py's PROMPT.DROPOUT is never read)
-
-
-def study_task(dataset: str, deep: bool) -> dict:
-    """N, lr, weight decay and TOTAL_EPOCH of the study's config for ``dataset`` (its defaults elsewhere)."""
-    if dataset in VPT_TASKS:
-        n, lr, wd, epochs = VPT_TASKS[dataset][1 if deep else 0]
-        return {"num_tokens": n, "lr": lr, "weight_decay": wd, "total_epochs": epochs}
-    return dict(STUDY_DEFAULTS)
 
 
 @dataclass
@@ -77,7 +60,7 @@ class VPTConfig(HeadConfig):
     # VPT's paper classifies with a linear head on the image feature.
     type: str = "vision"
     # Prompt tokens per prompted block. None: the study's config.py default, 5 (the runner fills in the
-    # study's per-task value from the dataset, `protocol_defaults`).
+    # study's per-task value from the dataset's recipe, `protocol_defaults`).
     num_tokens: int | None = None
     # Fresh prompts before every block (VPT-deep) instead of at the input only.
     deep: bool = False
@@ -89,8 +72,8 @@ class VPTConfig(HeadConfig):
 
     def check(self):
         super().check()
-        if self.num_tokens is not None and not (isinstance(self.num_tokens, int) and not isinstance(self.num_tokens, bool)
-                                                and self.num_tokens >= 1):
+        n = self.num_tokens
+        if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise ClipFitError(f"option num_tokens must be an integer >= 1, got {self.num_tokens!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ClipFitError(f"option dropout must be a number in [0, 1), got {self.dropout!r}")
@@ -99,7 +82,8 @@ class VPTConfig(HeadConfig):
 @register_method
 class VPT(HeadedMethod):
     name = "vpt-shallow"
-    description = "VPT-shallow (Jia et al., ECCV 2022) on CLIP as the PEFT-for-CLIP study runs it: prompts after the class token"
+    description = ("VPT-shallow (Jia et al., ECCV 2022) on CLIP as the PEFT-for-CLIP study runs it: "
+                   "prompts after the class token")
     config_class = VPTConfig
     # With its default options (type vision, a linear head): base-to-new refuses it; type vision-language
     # classifies new classes (`HeadedMethod.classifies_unseen`).
@@ -111,31 +95,16 @@ class VPT(HeadedMethod):
         width = vision_width(self.clip)  # BackboneError for a ResNet image tower
         visual = self.clip.visual
         blocks = len(visual.transformer.resblocks) if self.config.deep else 1
-        self.num_tokens = self.config.num_tokens or STUDY_DEFAULTS["num_tokens"]
+        self.num_tokens = self.config.num_tokens or DEFAULT_NUM_TOKENS
         patch_h, patch_w = visual.conv1.kernel_size
         bound = math.sqrt(6.0 / (3 * patch_h * patch_w + width))
         device = visual.class_embedding.device
-        self.prompt_embeddings = nn.Parameter(torch.empty(blocks, self.num_tokens, width, device=device).uniform_(-bound, bound),
-                                              requires_grad=self.config.train_prompts)
+        prompts = torch.empty(blocks, self.num_tokens, width, device=device).uniform_(-bound, bound)
+        self.prompt_embeddings = nn.Parameter(prompts, requires_grad=self.config.train_prompts)
         self.prompt_proj = nn.Linear(width, width, device=device)
         nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
         self.prompt_dropout = nn.Dropout(self.config.dropout)
         self.add_head(visual.output_dim)
-
-    @classmethod
-    def _deep(cls) -> bool:
-        return bool(cls.preset.get("deep", False))
-
-    @classmethod
-    def protocol_defaults(cls, protocol, dataset, shots=16):
-        return {"num_tokens": study_task(dataset, cls._deep())["num_tokens"]}
-
-    @classmethod
-    def optim_defaults(cls, protocol, dataset, shots=16):
-        task = study_task(dataset, cls._deep())
-        return {"optimizer": "sgd", "schedule": "constant", "lr": task["lr"], "momentum": STUDY_MOMENTUM,
-                "weight_decay": task["weight_decay"], "warmup_epochs": 0,
-                "epochs": STUDY_WARMUP_EPOCHS + task["total_epochs"], "batch_size": STUDY_BATCH_SIZE}
 
     @property
     def image_tower_trains(self):
@@ -164,5 +133,6 @@ class VPT(HeadedMethod):
 
 
 register_variant(VPT, "vpt-deep",
-                 "VPT-deep (Jia et al., ECCV 2022) on CLIP as the PEFT-for-CLIP study runs it: fresh prompts before every block",
+                 "VPT-deep (Jia et al., ECCV 2022) on CLIP as the PEFT-for-CLIP study runs it: "
+                 "fresh prompts before every block",
                  deep=True)

@@ -1,6 +1,11 @@
-"""Zero-shot CLIP: the pretrained model, class prompts as the classifier, nothing trained."""
+"""Zero-shot CLIP: the pretrained model, class prompts as the classifier, nothing trained.
 
-from .base import NO_TRAINING, Method, register_method
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (ICML 2021);
+official code openai/CLIP. Nothing trains, so its recipe (`recipes/zeroshot.yaml`) sets nothing.
+"""
+
+from .base import NO_TRAINING, Method
+from .registry import register_method
 
 
 @register_method
