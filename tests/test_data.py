@@ -116,12 +116,15 @@ def test_unknown_dataset_name_raises_listing_the_known_ones(tmp_path):
         load_dataset("eurosatt", tmp_path)
 
 
-def test_prepare_generates_an_absent_dataset(tmp_path, monkeypatch):
+def test_prepare_generates_an_absent_dataset(tmp_path):
     base = DATASETS["eurosat"]
     spec = DatasetSpec("toy_synthetic", "eurosat", base.template, base.reader, base.expected, prepare=make_coop,
                        split_file=base.split_file, image_dir=base.image_dir)
-    monkeypatch.setitem(DATASETS, "toy_synthetic", spec)
-    assert len(load_dataset("toy_synthetic", tmp_path).train) == 12
+    register_dataset(spec)
+    try:
+        assert len(load_dataset("toy_synthetic", tmp_path).train) == 12
+    finally:
+        DATASETS.unregister("toy_synthetic")
 
 
 # ---------------------------------------------------------------- CoOp split files

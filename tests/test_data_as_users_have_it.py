@@ -235,7 +235,7 @@ out["train"] = sorted(text(s.path.relative_to(root)) for s in drawn.train)
 
 
 # The data layer, the mini world and the checkpoint and adapter files.
-TEXT_IO_CHECKED = ["data", "world", "backbone.py", "adapter.py", "files.py"]
+TEXT_IO_CHECKED = ["data", "../clipfit_world", "backbone.py", "adapter.py", "files.py", "recipes", "readme.py"]
 NOT_FILE_OPENERS = {"os", "Image", "archive", "zipfile", "safetensors"}
 
 

@@ -7,7 +7,7 @@ Bottom to top (a module may import its own layer and those below it, never one a
     2 backbones     backbone, text_encoding, precision, adapter; and data (clipfit.data.*)
     3 methods       methods (clipfit.methods.*), protocols
     4 training      engine, features
-    5 runs          runner, store, export, report
+    5 runs          runner, store (the run folders), export, report
     6 api           api
     7 cli           cli
 

@@ -26,7 +26,8 @@ from clipfit.engine import lr_at, lr_at_epoch, train
 from clipfit.errors import ClipFitError
 from clipfit.methods import build_method, get_method
 from clipfit.protocols import harmonic_mean
-from clipfit.runner import RECIPE_VERSION, image_datasets, resolve, summarize
+from clipfit.runner import image_datasets, resolve
+from clipfit.store import RECIPE_VERSION, summarize
 from clipfit_world.tables import MiniWorldTableConfig, to_markdown
 
 from conftest import TINY_MODEL, write_image

@@ -64,6 +64,7 @@ def lock_held(path: Path) -> bool:
 
 # 1. Two runs into one folder ------------------------------------------------------------------------
 
+@pytest.mark.slow  # three CLI processes, one training 600 epochs: 20 s or more
 def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(eurosat_root, tmp_path):
     out = tmp_path / "run"
     # About 20 s of training (600 epochs of 2 steps): the two others start and check while it holds the seed.
@@ -92,6 +93,7 @@ def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(
     assert json.loads((out / "summary.json").read_text())["seeds"] == [1]
 
 
+@pytest.mark.slow  # two CLI processes training 30 epochs each
 def test_two_processes_with_different_seeds_leave_one_summary_with_both(eurosat_root, tmp_path):
     out = tmp_path / "run"
     procs = [subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", str(seed), "--epochs", "30")],

@@ -48,7 +48,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-DATA_ROOT_DEFAULT = "default: $CLIPFIT_DATA, else ~/.cache/clipfit/data"
+DATA_ROOT_DEFAULT = f"default: $CLIPFIT_DATA, else {defaults.CACHE_ROOT}/data"
 DATA_ROOT_HELP = f"the folder that holds the datasets ({DATA_ROOT_DEFAULT})"
 
 
@@ -88,8 +88,9 @@ def _train_parser(sub) -> None:
     p.add_argument(
         "--type",
         choices=("vision", "vision-language"),
-        help="the classifier of clip-adapter, vpt-shallow, vpt-deep: a linear head on the image features, "
-        "or cosine against the class prompts (default: the method's paper's)",
+        help="the classifier of a method that offers the choice (the PEFT-for-CLIP study's --type; "
+        "`clipfit methods` marks them): a linear head on the image features, or cosine against the class "
+        "prompts (default: the method's paper's)",
     )
     _add_backbone_args(p)
     p.add_argument("--dataset", help="required: a registered dataset (see `clipfit data list`), 'imagefolder' or 'csv'")
@@ -101,7 +102,7 @@ def _train_parser(sub) -> None:
     p.add_argument(
         "--cache-dir",
         help="where few-shot draws are cached (default: beside the dataset, or "
-        "~/.cache/clipfit/fewshot when the dataset folder is read-only)",
+        f"{defaults.CACHE_ROOT}/fewshot when the dataset folder is read-only)",
     )
     p.add_argument("--protocol", help=f"few-shot or base2new (default: {defaults.PROTOCOL})")
     p.add_argument("--shots", type=int, help=f"images per class for training, 0: all (default: {defaults.SHOTS})")
@@ -151,7 +152,8 @@ def _train_parser(sub) -> None:
         "--decode",
         dest="check_images",
         action=argparse.BooleanOptionalAction,
-        help="decode every image the run reads before training (default: when it reads at most 2,000)",
+        help=f"decode every image the run reads before training (default: when it reads at most "
+        f"{defaults.CHECK_IMAGES_UP_TO:,})",
     )
     p.add_argument(
         "--out",
@@ -206,16 +208,17 @@ def _config_from_args(args):
     import dataclasses
 
     fields = sorted(f.name for f in dataclasses.fields(method.config_class))
-    # Shortcuts for one option: --beta (CLIPFit's regulariser weight), --type (the study's head).
+    # Shortcuts for one option (--beta: CLIPFit's regulariser weight, --type: the study's head), each taken
+    # only by the methods that name it in `Method.cli_shortcuts`.
     for flag, value in (("beta", args.beta if method_regime(method.name).trains else None), ("type", args.type)):
         if value is None:
             continue
-        if flag == "beta" and "beta" in fields and "regularizer" not in fields:
+        if flag == "beta" and "beta" in fields and flag not in method.cli_shortcuts:
             raise ClipFitError(
                 f"--beta is the weight of CLIPFit's regulariser; method {method.name!r} has no regulariser "
                 f"(its beta is another quantity: give it as --option beta=VALUE)"
             )
-        if flag not in fields:
+        if flag not in method.cli_shortcuts:
             raise ClipFitError(
                 f"--{flag} does not apply to method {method.name!r}, which has no {flag} option "
                 f"(its options, for --option key=value: {', '.join(fields) or 'none'})"
@@ -241,12 +244,15 @@ def cmd_train(args) -> None:
     from .report import print_summary
 
     config = _config_from_args(args)
-    regime = method_regime(config.method, config.method_options)
-    if not regime.trains:
+    try:
+        regime = method_regime(config.method, config.method_options)
+    except ClipFitError:
+        regime = None  # a bad option: the run's own checks name it, with the field at fault
+    if regime is not None and not regime.trains:
         ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) is not None]
         if ignored:
             print(f"clipfit: note: {config.method} does not train; ignoring {', '.join(ignored)}", file=sys.stderr)
-    elif regime.optimise is None:
+    elif regime is not None and regime.optimise is None:
         ignored = [f"--{name}" for name in ("epochs", "iterations", "lr") if getattr(args, name) is not None]
         if ignored:
             print(
@@ -282,9 +288,11 @@ def cmd_params(args) -> None:
 
 def cmd_methods(args) -> None:
     from . import api
+    from .methods import get_method
 
     for name, doc in api.list_methods().items():
-        print(f"{name:20s} {doc}")
+        flags = " ".join(f"--{flag}" for flag in get_method(name).cli_shortcuts)
+        print(f"{name:20s} {doc}" + (f" [{flags}]" if flags else ""))
 
 
 def cmd_models(args) -> None:
@@ -390,7 +398,7 @@ plugins.register_command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    plugins.load_plugins()  # their commands (the mini world's demo and tables) join the built-in ones
+    plugins.load_commands()  # their commands (the mini world's demo and tables) join the built-in ones
     parser = _Parser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the command (each has --help)")
@@ -469,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--decode",
         action=argparse.BooleanOptionalAction,
-        help="decode every image and report each unreadable one (default: when the dataset has at most 2,000)",
+        help=f"decode every image and report each unreadable one (default: when the dataset has at most "
+        f"{defaults.CHECK_IMAGES_UP_TO:,})",
     )
     c.set_defaults(func=cmd_data_check)
     c = data_sub.add_parser("list", help="the registered datasets")

@@ -143,10 +143,10 @@ class RunConfig:
     pretrained: str = defaults.PRETRAINED
     dataset: str = "imagefolder"
     # The folder holding the datasets (for imagefolder the folder itself, for csv the file); None:
-    # $CLIPFIT_DATA, else ~/.cache/clipfit/data (where the mini world's tasks are generated).
+    # $CLIPFIT_DATA, else `defaults.CACHE_ROOT`/data (where the mini world's tasks are generated).
     data_root: str | None = None
-    # Where few-shot draws are cached; None: beside the dataset, or under ~/.cache/clipfit/fewshot when the
-    # dataset folder is read-only. Not part of the run's identity (the draw is the same wherever cached).
+    # Where few-shot draws are cached; None: beside the dataset, or under `defaults.CACHE_ROOT`/fewshot
+    # when the dataset folder is read-only. Not part of the run's identity (the draw is the same wherever cached).
     cache_dir: str | None = None
     protocol: str = defaults.PROTOCOL
     shots: int = defaults.SHOTS
@@ -170,7 +170,8 @@ class RunConfig:
     precision: str = "fp32"
     num_workers: int = 0
     device: str = "auto"
-    # Decode every image the run will read before training; None: when it reads at most 2,000.
+    # Decode every image the run will read before training; None: when it reads at most
+    # `defaults.CHECK_IMAGES_UP_TO` (2,000).
     check_images: bool | None = None
     # None: runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex digits of the setting>
     out: str | None = None

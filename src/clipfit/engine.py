@@ -127,19 +127,15 @@ def train(
     device = method.backbone.device
     apply_precision(method, precision)
 
+    def encode(source: Dataset, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_views(method, source, views, seed, batch_size=optim.batch_size, num_workers=num_workers,
+                            autocast=lambda: autocast(device, precision))
+
     def stored_features(views: int) -> tuple[torch.Tensor, torch.Tensor]:
         # The linear probe reads the training images un-augmented; a caller with one dataset gives only that.
         source = plain_dataset if views == 0 and plain_dataset is not None else dataset
         started = time.time()
-        features, labels = encode_views(
-            method,
-            source,
-            views,
-            seed,
-            batch_size=optim.batch_size,
-            num_workers=num_workers,
-            autocast=lambda: autocast(device, precision),
-        )
+        features, labels = encode(source, views)
         log(
             f"frozen features: {features.shape[1]} training images x {features.shape[0]} "
             f"{'augmented views' if views else 'un-augmented view'} encoded once in {time.time() - started:.1f} s"
@@ -149,16 +145,8 @@ def train(
     stored = stored_features(regime.views) if regime.views is not None else None
     val = None
     if regime.fit and val_dataset is not None and len(val_dataset):
-        val = encode_views(
-            method,
-            val_dataset,
-            0,
-            seed,
-            batch_size=optim.batch_size,
-            num_workers=num_workers,
-            autocast=lambda: autocast(device, precision),
-        )
-        val = (val[0][0], val[1])
+        features, labels = encode(val_dataset, 0)
+        val = (features[0], labels)
     history: list[dict[str, float]] = []
     if regime.fit:
         method.eval()

@@ -1,17 +1,23 @@
 """Plugins: packages that register datasets, built-in weights, methods or commands of their own.
 
-A plugin is an installed distribution with an entry point in the group ``clipfit.plugins`` whose value
-is a function taking no arguments; calling it registers what the plugin brings, through the public
-registration functions (`clipfit.data.register_dataset`, `clipfit.backbone.register_builtin_weights`,
-`clipfit.methods.register_method`, `register_command` below). The mini world is one
-(`clipfit_world.plugin:register`, declared in this distribution's pyproject.toml); so is a user's own
-dataset family::
+A plugin is an installed distribution with an entry point whose value is a function taking no
+arguments; calling it registers what the plugin brings, through the public registration functions. Two
+groups, so that `clipfit --help` never waits for torch:
+
+- ``clipfit.plugins``: datasets, weights, methods (`clipfit.data.register_dataset`,
+  `clipfit.backbone.register_builtin_weights`, `clipfit.methods.register_method`); loaded once, the
+  first time a registry is read (`clipfit.registry.Registry`);
+- ``clipfit.commands``: `clipfit` subcommands (`register_command` below); loaded when the CLI builds its
+  parser, so such a function imports nothing heavy (its commands import what they run when they run).
+
+The mini world is one such plugin (`clipfit_world.plugin:register` and `clipfit_world.commands:register`,
+declared in this distribution's pyproject.toml); so is a user's own dataset family::
 
     [project.entry-points."clipfit.plugins"]
     my_datasets = "my_package.clipfit_plugin:register"
 
-Plugins are loaded once, the first time a registry is read (`clipfit.registry.Registry`), never at
-import time, so that `clipfit` itself imports no plugin and a broken plugin cannot break `import clipfit`.
+Nothing is loaded at import time: `clipfit` itself imports no plugin, and a broken plugin cannot break
+`import clipfit`.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from importlib.metadata import entry_points
 from .errors import ClipFitError
 
 GROUP = "clipfit.plugins"
+COMMANDS_GROUP = "clipfit.commands"
 
-_state = {"loaded": False}
+_loaded: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -52,13 +59,13 @@ def register_command(command: Command) -> Command:
     return command
 
 
-def load_plugins() -> None:
-    """Call every ``clipfit.plugins`` entry point once per process, in the entry points' name order.
+def load_plugins(group: str = GROUP) -> None:
+    """Call every entry point of ``group`` once per process, in the entry points' name order.
     `ClipFitError` naming the plugin when one fails to load."""
-    if _state["loaded"]:
+    if group in _loaded:
         return
-    _state["loaded"] = True  # first, so that a plugin reading a registry while it registers does not recurse
-    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+    _loaded.add(group)  # first, so that a plugin reading a registry while it registers does not recurse
+    for point in sorted(entry_points(group=group), key=lambda p: p.name):
         try:
             point.load()()
         except ClipFitError:
@@ -67,3 +74,8 @@ def load_plugins() -> None:
             raise ClipFitError(
                 f"plugin {point.name!r} ({point.value}) failed to load: {type(err).__name__}: {err}"
             ) from err
+
+
+def load_commands() -> None:
+    """Load the ``clipfit.commands`` entry points (the CLI's parser, before any command runs)."""
+    load_plugins(COMMANDS_GROUP)

@@ -3,101 +3,45 @@
     run(config) -> resolve defaults, validate, check the data a run will read -> run_seed per seed
                 -> summary.json, merged over every finished seed of the setting
 
-A run folder (`--out`) holds one setting (every config field but those in NOT_IDENTITY: the output
-path, the seeds, and what moves no number, such as the data-loading processes), claimed by its
-`summary.json`. A seed folder is written by one process at
-a time (a lock on `<out>/.seedN.lock` that the kernel drops when its holder dies) and is finished only
-when its `metrics.json`, written last, names the SHA-256 of the `config.json` and `adapter.safetensors`
-beside it; a rerun reuses a finished seed of the same setting and recipe, redoes an unfinished one or
-one from an older recipe (saying why), and refuses a folder that holds another setting.
+A seed folder is written by one process at a time (a lock on `<out>/.seedN.lock` that the kernel drops
+when its holder dies); what a folder holds and when a seed in it is finished is the run store's
+(`clipfit.store`): a rerun reuses a finished seed of the same setting and recipe, redoes an unfinished
+one or one from an older recipe (saying why), and refuses a folder that holds another setting.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from . import data
 from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
-from .config import DASSL, OptimConfig, RunConfig, check_device, check_template, complete, typed_fields, validate
-from .defaults import default_data_root
+from .config import RunConfig, check_device, check_template, complete, typed_fields, validate
+from .defaults import CHECK_IMAGES_UP_TO, cache_root, default_data_root
 from .engine import evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config, method_regime
 from .protocols import Protocol, get_protocol
-
-# What a finished run's numbers mean beyond its config: bumped whenever the training recipe changes, so
-# that a run from before is redone, not reused as if it were the same setting.
-RECIPES = {
-    1: "before 2026-11-30",
-    2: "Dassl's warm-up + cosine schedule, whole batches, Dassl's few-shot draw, crops from full-resolution "
-    "images, frozen backbone in eval mode, CLIPFit's distillation toward the pretrained weights",
-}
-RECIPE_VERSION = 2
-
-# Config fields that are not part of a run's identity: where it is written and where draws are cached,
-# how many processes load data, how much memory caches images, how the data is checked and on which
-# device it runs move nothing in what it trains (a device may move the last float digits); the seeds are
-# one folder each. A run interrupted on one machine resumes on another.
-NOT_IDENTITY = (
-    "out",
-    "seeds",
-    "cache_dir",
-    "num_workers",
-    "image_cache_mb",
-    "check_images",
-    "eval_batch_size",
-    "device",
+from .store import (
+    RECIPE_VERSION,
+    RunLog,
+    completion_problem,
+    default_out,
+    existing_result,
+    file_sha256_or_none,
+    read_json_object,
+    seed_config,
+    seed_dir,
+    sha256_hex,
+    summarize,
+    update_summary,
 )
-
-# A run decodes every image it will read before training when it reads at most this many (and always
-# with check_images=True): a broken test image must not surface after the whole training.
-CHECK_IMAGES_UP_TO = 2000
-
-
-# What only a method that trains reads: for one that does not (zero-shot) these are not its identity.
-TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "image_cache")
-
-
-def setting(config: RunConfig) -> dict:
-    """The fields that make a run what it is (its identity), as JSON values."""
-    ignored = NOT_IDENTITY + (() if method_regime(config.method, config.method_options).trains else TRAINING_ONLY)
-    return {k: v for k, v in json.loads(config.to_json()).items() if k not in ignored}
-
-
-def upgraded_setting(old: dict) -> dict:
-    """A setting recorded before an optimiser field existed (absent from its JSON, or None once read into
-    a config) with that field's value then: Dassl's (every run before trained with SGD and the per-epoch
-    cosine), so that its finished runs are still reused. A resolved setting holds no None there."""
-    optim = old.get("optim")
-    if not isinstance(optim, dict):
-        return old
-    filled = {f.name: optim.get(f.name) for f in dataclasses.fields(OptimConfig)}
-    filled.update({k: v for k, v in DASSL.items() if filled[k] is None})
-    return {**old, "optim": {**optim, **filled}}
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def default_out(config: RunConfig) -> str:
-    """`runs/<dataset>-<protocol>-<shots>shot-<method>-<model>-<8 hex of the setting>` (no shots for a
-    method that does not train): readable, and two settings that differ anywhere (lr, epochs, pretrained
-    weights, options) never share a folder."""
-    digest = _sha256(json.dumps(setting(config), sort_keys=True).encode())[:8]
-    trains = method_regime(config.method, config.method_options).trains
-    shots = f"{config.shots}shot-" if trains else ""  # zero-shot draws nothing
-    return f"runs/{config.dataset}-{config.protocol}-{shots}{config.method}-{config.model}-{digest}"
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -171,119 +115,6 @@ def training_flips(config: RunConfig) -> bool:
     return data.get_spec(config.dataset).mirror_invariant if config.hflip is None else config.hflip
 
 
-class RunLog:
-    """Lines to the run's log file, and to the console when asked."""
-
-    def __init__(self, path: Path, echo: bool):
-        self.path, self.echo = path, echo
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, line: str) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-        if self.echo:
-            print(line)
-
-
-def seed_dir(config: RunConfig, seed: int) -> Path:
-    return Path(config.out) / f"seed{seed}"
-
-
-def _seed_config(config: RunConfig, seed: int) -> RunConfig:
-    """The config a seed folder records: the run's, with that one seed."""
-    return dataclasses.replace(config, seeds=[seed])
-
-
-def _read_json_object(path: Path, fix: str) -> dict:
-    """The JSON object in a run folder's file; `ClipFitError` naming the file and ``fix`` otherwise."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ClipFitError(f"{path}: damaged, not valid JSON ({err}); {fix}") from None
-    if not isinstance(value, dict):
-        raise ClipFitError(f"{path}: damaged, holds a JSON {type(value).__name__} instead of an object; {fix}")
-    return value
-
-
-def _differs(previous: dict, current: dict, prefix: str = "") -> list[str]:
-    """The fields whose values differ, nested ones named in full (`optim.epochs`)."""
-    names = []
-    for key in sorted(set(previous) | set(current)):
-        old, new = previous.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict) and key != "method_options":
-            names += _differs(old, new, f"{prefix}{key}.")
-        elif old != new:
-            names.append(f"{prefix}{key}")
-    return names
-
-
-def _file_sha256(path: Path) -> str | None:
-    try:
-        return _sha256(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _existing_result(folder: Path, config: RunConfig, weights: str, say: Callable[[str], None]) -> dict | None:
-    """The metrics of a finished seed of the same setting, recipe and base weights; None when the seed
-    must be (re)done, with `say` telling why; `ClipFitError` if the folder holds another setting."""
-    metrics_file, config_file = folder / "metrics.json", folder / "config.json"
-    if not metrics_file.exists():
-        if config_file.exists():
-            say(f"{folder}: unfinished (no metrics.json; interrupted?), redoing this seed")
-        return None
-    if not config_file.exists():
-        raise ClipFitError(f"{folder}: has metrics.json but no config.json; move it away or use --overwrite")
-    fix = "move it away or use --overwrite"
-    metrics = _read_json_object(metrics_file, fix)
-    previous = RunConfig.from_dict(_read_json_object(config_file, fix), str(config_file))
-    seed = config.seeds[0]
-    if previous.seeds != [seed] or metrics.get("seed") != seed:
-        raise ClipFitError(
-            f"{folder}: holds the run of seed {metrics.get('seed', previous.seeds)}, not of seed {seed} "
-            f"(copied from another seed folder?); {fix}"
-        )
-    recipe = metrics.get("recipe", 1)
-    # How images were cached belongs to the recipe of an older run, not to the setting the user chose.
-    old = {"image_cache": config.image_cache} if recipe != RECIPE_VERSION else {}
-    diff = _differs({**upgraded_setting(setting(previous)), **old}, setting(config))
-    if diff:
-        raise ClipFitError(
-            f"{folder}: holds a finished run with a different config (differs in: {', '.join(diff)}); "
-            f"use another --out or --overwrite"
-        )
-    if recipe != RECIPE_VERSION:
-        say(
-            f"{folder}: finished under training recipe {recipe}, not the current {RECIPE_VERSION} "
-            f"({RECIPES[RECIPE_VERSION]}); redoing this seed"
-        )
-        return None
-    if metrics.get("weights") != weights:
-        raise ClipFitError(
-            f"{folder}: holds a finished run on other base weights ({metrics.get('weights', 'not recorded')}; "
-            f"{config.model} {config.pretrained} is now {weights}); use another --out or --overwrite"
-        )
-    problem = _completion_problem(folder, metrics)
-    if problem:
-        say(f"{folder}: {problem}; redoing this seed")
-        return None
-    return metrics
-
-
-def _completion_problem(folder: Path, metrics: dict) -> str | None:
-    """Why the files of a seed folder are not the ones its metrics.json was measured on; None if they are."""
-    adapter = _file_sha256(folder / "adapter.safetensors")
-    if adapter is None:
-        return "adapter.safetensors is missing"
-    if "adapter_sha256" not in metrics:
-        return "metrics.json records no checksums of its adapter and config (written by an older version)"
-    if adapter != metrics["adapter_sha256"]:
-        return "adapter.safetensors is not the adapter metrics.json measured"
-    if _file_sha256(folder / "config.json") != metrics.get("config_sha256"):
-        return "config.json is not the config metrics.json measured"
-    return None
-
-
 def fewshot_cache_dir(config: RunConfig, splits: data.DatasetSplits, seed: int) -> Path | None:
     """Where a seed's few-shot draw is cached: `config.cache_dir`; else beside the dataset
     (`<dataset>/split_fewshot`) when the draw is there already or the folder can be written; else, for a
@@ -297,8 +128,8 @@ def fewshot_cache_dir(config: RunConfig, splits: data.DatasetSplits, seed: int) 
     nearest = next(p for p in (beside, *beside.parents) if p.exists())
     if data.fewshot_cache_file(beside, config.shots, seed).is_file() or os.access(nearest, os.W_OK):
         return beside
-    key = _sha256(str(beside.parent).encode())[:8]
-    return Path.home() / ".cache" / "clipfit" / "fewshot" / f"{splits.name}-{key}"
+    key = sha256_hex(str(beside.parent).encode())[:8]
+    return cache_root() / "fewshot" / f"{splits.name}-{key}"
 
 
 def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
@@ -404,14 +235,14 @@ def run_seed(
     """Train and evaluate one seed on its few-shot `splits`; a finished seed of the same setting is read
     back, not redone. The seed folder is locked for the whole time. ``backbone``: the base model freshly
     loaded for this seed (it is tuned in place), else it is loaded here."""
-    seed_config = _seed_config(config, seed)
+    one_seed = seed_config(config, seed)
     folder = seed_dir(config, seed)
     weights = weights_fingerprint(config.model, config.pretrained)
     say = print if echo else (lambda line: None)
     with Lock(Path(config.out) / f".seed{seed}.lock", f"seed folder {folder}"):
         remove_orphan_temp_files(folder)
         if not overwrite:
-            existing = _existing_result(folder, seed_config, weights, say)
+            existing = existing_result(folder, one_seed, weights, say)
             if existing is not None:
                 say(f"{folder}: already done, reusing its metrics")
                 return existing
@@ -423,11 +254,11 @@ def run_seed(
         method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
         # The summary and the completion marker go first, so that no crash from here on leaves a seed that
         # looks finished.
-        _update_summary(config, [], drop=seed)
+        update_summary(config, [], drop=seed)
         for stale in ("metrics.json", "adapter.safetensors", "log.txt"):
             (folder / stale).unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
-        config_json = seed_config.to_json()
+        config_json = one_seed.to_json()
         atomic_write_text(folder / "config.json", config_json)
         log = RunLog(folder / "log.txt", echo=False)
         log(f"config {config_json}")
@@ -482,76 +313,12 @@ def run_seed(
             trainable_parameters=sum(method.parameter_groups().values()),
             final_train_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None),
             seconds=round(time.time() - started, 1),
-            config_sha256=_sha256(config_json.encode("utf-8")),
-            adapter_sha256=_file_sha256(folder / "adapter.safetensors"),
+            config_sha256=sha256_hex(config_json.encode("utf-8")),
+            adapter_sha256=file_sha256_or_none(folder / "adapter.safetensors"),
         )
         log(f"metrics {json.dumps(metrics)}")
         atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
-
-
-def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
-    """Mean and std over seeds. A derived column (base-to-new's HM) is computed from the mean accuracies,
-    as the papers report it (CoCoOp, CLIPFit Table 1: HM of the mean Base and the mean New), not
-    averaged; its std is over the per-seed values, which `per_seed` keeps."""
-    protocol = get_protocol(config.protocol)
-    per_seed = sorted(per_seed, key=lambda m: m["seed"])
-    summary = {
-        "out": config.out,
-        "method": config.method,
-        "model": config.model,
-        "pretrained": config.pretrained,
-        "dataset": config.dataset,
-        "protocol": config.protocol,
-        "shots": config.shots,
-        "seeds": [m["seed"] for m in per_seed],
-        "per_seed": per_seed,
-        "mean": {},
-        "std": {},
-        "setting": setting(config),
-    }
-    if not per_seed:
-        return summary
-    keys = [
-        k
-        for k in per_seed[0]
-        if isinstance(per_seed[0][k], float) and not k.endswith("_n") and k not in ("final_train_loss", "seconds")
-    ]
-    for key in keys:
-        values = [m[key] for m in per_seed]
-        summary["mean"][key] = statistics.fmean(values)
-        summary["std"][key] = statistics.stdev(values) if len(values) > 1 else 0.0
-    derived = protocol.derived(summary["mean"])
-    summary["mean"].update(derived)
-    if derived:
-        summary["derived_from_means"] = sorted(derived)
-    return summary
-
-
-def _update_summary(config: RunConfig, finished: list[dict], overwrite: bool = False, drop: int | None = None) -> None:
-    """Merge `finished` seeds into `<out>/summary.json` (created, empty, to claim the folder for this
-    setting), less seed ``drop`` (about to be redone); another setting's summary there is refused, naming
-    the fields that differ, unless ``overwrite`` (which starts the summary afresh)."""
-    out = Path(config.out)
-    with Lock(out / ".summary.lock", f"summary of {out}", wait=True):
-        path = out / "summary.json"
-        previous = _read_json_object(path, "move it away or use --overwrite") if path.exists() else {}
-        if overwrite and previous.get("setting") != setting(config):
-            previous = {}
-        if previous and "setting" not in previous and not finished:
-            return  # written before summaries named their setting: its seed folders are checked one by one
-        if "setting" in previous:
-            previous["setting"] = upgraded_setting(previous["setting"])
-        if "setting" in previous and previous["setting"] != setting(config):
-            diff = _differs(previous["setting"], setting(config))
-            raise ClipFitError(
-                f"{out}: holds runs of a different config (differs in: {', '.join(diff)}); "
-                f"use another --out or --overwrite"
-            )
-        merged = {m["seed"]: m for m in previous.get("per_seed", []) if "setting" in previous}
-        merged.update({m["seed"]: m for m in finished})
-        merged.pop(drop, None)
-        atomic_write_text(path, json.dumps(summarize(config, list(merged.values())), indent=2))
 
 
 def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrite: bool = False) -> dict:
@@ -562,7 +329,7 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
     per_seed_splits = check_data(config)
     # Loading the weights checks the checkpoint before the run folder is created; the first seed trains on them.
     backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
-    _update_summary(config, [], overwrite)  # claim the folder for this setting
+    update_summary(config, [], overwrite)  # claim the folder for this setting
     per_seed = []
     for seed in config.seeds:
         per_seed.append(
@@ -577,7 +344,7 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
             )
         )
         backbone = None  # training tuned it in place: every later seed starts from the file again
-        _update_summary(config, per_seed[-1:])
+        update_summary(config, per_seed[-1:])
     return summarize(config, per_seed)
 
 
@@ -596,7 +363,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, Meth
         )
     config = RunConfig.from_file(config_file)
     rerun = f"clipfit train --config {config_file} --out {run_dir.parent}"
-    problem = _completion_problem(run_dir, _read_json_object(metrics_file, f"rerun it: {rerun} --overwrite"))
+    problem = completion_problem(run_dir, read_json_object(metrics_file, f"rerun it: {rerun} --overwrite"))
     if problem:
         raise ClipFitError(f"{run_dir}: {problem}; rerun it: {rerun} --overwrite")
     # A format-1 adapter records no precision: the run's config says it.

@@ -6,12 +6,19 @@ of it (CoOp layout, with deliberate style shifts), and a mini CLIP pretrained on
     model = create_mini_clip()                   # open_clip CLIP with the built-in weights
 """
 
-from clipfit_world.model import IMAGE_SIZE, MEAN, MODEL_NAME, STD, WEIGHTS, create_mini_clip
-from clipfit_world.render import Shift
-from clipfit_world.scenes import iterate_pretraining_pairs, pretraining_pair
-from clipfit_world.tasks import WORLD_TASKS, WorldTask, generate_task
+import importlib
 
-__all__ = [
-    "IMAGE_SIZE", "MEAN", "MODEL_NAME", "STD", "WEIGHTS", "WORLD_TASKS", "Shift", "WorldTask",
-    "create_mini_clip", "generate_task", "iterate_pretraining_pairs", "pretraining_pair",
-]
+# Where each public name lives. Imported on first use (PEP 562), so that loading the package for its
+# commands (`clipfit_world.commands`, read by the CLI's parser) loads neither torch nor the renderer.
+_EXPORTS = {
+    "IMAGE_SIZE": "model", "MEAN": "model", "MODEL_NAME": "model", "STD": "model", "WEIGHTS": "model",
+    "create_mini_clip": "model", "Shift": "render", "iterate_pretraining_pairs": "scenes",
+    "pretraining_pair": "scenes", "WORLD_TASKS": "tasks", "WorldTask": "tasks", "generate_task": "tasks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clipfit_world' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"clipfit_world.{_EXPORTS[name]}"), name)

@@ -16,13 +16,8 @@ from clipfit import defaults
 from clipfit.config import OptimConfig, RunConfig
 from clipfit.errors import ClipFitError
 from clipfit.runner import run
+from clipfit_world.defaults import DEMO_EPOCHS, DEMO_OUT, DEMO_TASK
 from clipfit_world.tasks import WORLD_TASKS
-
-# Digits, where zero-shot is clearly above chance (29% over 10 classes) but far from perfect, as on a real
-# downstream task; the README's table has every task, the ones where CLIPFit loses included.
-DEMO_TASK = "mini_digits"
-DEMO_OUT = "runs/demo"
-DEMO_EPOCHS = 100
 
 
 @dataclass

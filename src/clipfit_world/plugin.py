@@ -1,28 +1,22 @@
-"""The mini world as a clipfit plugin: its tasks as datasets, the mini CLIP's `builtin` weights, and the
-`clipfit demo` and `clipfit table mini-world` commands.
+"""The mini world as a clipfit plugin: its tasks as datasets and the mini CLIP's `builtin` weights.
 
 Declared in pyproject.toml as the entry point ``world = "clipfit_world.plugin:register"`` of the group
-``clipfit.plugins`` (`clipfit.plugins`), so that `clipfit` finds the mini world without importing it.
+``clipfit.plugins``, so that `clipfit` finds the mini world without importing it; its commands are in
+`clipfit_world.commands` (the group ``clipfit.commands``), which the CLI loads without torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-from pathlib import Path
 
-from clipfit import defaults
 from clipfit.backbone import register_builtin_weights
 from clipfit.data import coop_dataset
-from clipfit.plugins import Command, register_command
 from clipfit_world.model import MODEL_CONFIG_DIR, MODEL_NAME, WEIGHTS
 from clipfit_world.tasks import WORLD_TASKS, generate_task
 
-DATA_ROOT_DEFAULT = f"default: $CLIPFIT_DATA, else {defaults.CACHE_ROOT}/data"
-
 
 def register() -> None:
-    """Register the mini CLIP's weights, the mini world's tasks and its commands (called once per process)."""
+    """Register the mini CLIP's weights and the mini world's tasks (called once per process)."""
     register_builtin_weights(MODEL_NAME, WEIGHTS, MODEL_CONFIG_DIR)
     for task in WORLD_TASKS.values():  # generated into the data root on first use
         coop_dataset(
@@ -30,75 +24,3 @@ def register() -> None:
             prepare=functools.partial(generate_task, task.name), test_only=task.parent is not None,
             mirror_invariant=task.mirror_invariant, min_crop_area=task.min_crop_area,
         )
-    register_command(Command("demo", "zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in "
-                             "mini CLIP (offline, seconds)", _demo_arguments, _run_demo))
-    register_command(Command("mini-world", "mini CLIP zero-shot per mini-world task; every method's few-shot "
-                             "(1-16 shots) and 16-shot base-to-new", _table_arguments, _run_table, parent="table"))
-
-
-def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    from clipfit_world.demo import DEMO_EPOCHS, DEMO_OUT, DEMO_TASK
-
-    p.add_argument("--task", default=DEMO_TASK, help="a mini-world task with training images: mini_digits, "
-                                                     "mini_letters, mini_shapes, mini_colors, mini_textures")
-    p.add_argument("--data-root", help=f"where the task is generated ({DATA_ROOT_DEFAULT})")
-    p.add_argument("--out", default=DEMO_OUT, help="runs go to <out>/<task>/<method>")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="CLIPFit's training epochs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _run_demo(args) -> None:
-    from clipfit_world.demo import DemoConfig, print_demo, run_demo
-
-    demo = DemoConfig(task=args.task, data_root=args.data_root or str(defaults.default_data_root()), out=args.out,
-                      epochs=args.epochs)
-    print_demo(demo, run_demo(demo, progress=not args.no_progress))
-
-
-def _table_arguments(t: argparse.ArgumentParser) -> None:
-    from clipfit_world.tables import TABLE_OUT
-
-    t.add_argument("--methods", nargs="+", default=["all"],
-                   help="methods to compare with zero-shot "
-                        "(CLIPFit always; 'all': every registered method that trains)")
-    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
-                   help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
-    t.add_argument("--epochs", type=int, help="training epochs for every method (default: each method's own recipe)")
-    t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
-    t.add_argument("--out", default=TABLE_OUT, help="run folders; finished runs are reused")
-    t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
-    t.add_argument("--finished-only", action="store_true",
-                   help="run nothing: write the tables from the runs finished so far (cells still to run show …)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _run_table(args) -> None:
-    from clipfit.methods import get_method
-    from clipfit.readme import check_markers, update_readme
-    from clipfit_world.tables import (
-        LEADERBOARD,
-        README_NAME,
-        MiniWorldTableConfig,
-        leaderboard_markdown,
-        mini_world_table,
-        to_markdown,
-        trained_methods,
-    )
-
-    methods = trained_methods() if args.methods == ["all"] else args.methods
-    for name in methods:
-        get_method(name)  # an unknown name fails before any run
-    if "clipfit" not in methods:
-        methods = [*methods, "clipfit"]  # the per-task table shows it
-    if args.readme:
-        check_markers(args.readme, [README_NAME, LEADERBOARD])  # before hours of runs, not after
-    table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
-                                 data_root=args.data_root or str(defaults.default_data_root()), out=args.out,
-                                 run_missing=not args.finished_only)
-    rows = mini_world_table(table, progress=not args.no_progress)
-    markdown, leaderboard = to_markdown(table, rows), leaderboard_markdown(table, rows)
-    print(markdown, leaderboard, sep="\n\n")
-    if args.readme:
-        update_readme(args.readme, markdown, README_NAME)
-        update_readme(args.readme, leaderboard, LEADERBOARD)
-        print(f"updated {args.readme}")

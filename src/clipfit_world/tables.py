@@ -20,10 +20,11 @@ from clipfit import defaults
 from clipfit.config import OptimConfig, RunConfig
 from clipfit.methods import METHODS, get_method, method_regime
 from clipfit.protocols import harmonic_mean
-from clipfit.runner import _read_json_object, resolve, run, setting, upgraded_setting
+from clipfit.runner import resolve, run
+from clipfit.store import read_json_object, setting, upgraded_setting
+from clipfit_world.defaults import TABLE_OUT
 from clipfit_world.tasks import WORLD_TASKS
 
-TABLE_OUT = "runs/mini-world-table"
 README_NAME = "mini-world-table"
 README_START, README_END = f"<!-- {README_NAME}:start -->", f"<!-- {README_NAME}:end -->"
 LEADERBOARD = "mini-world-leaderboard"
@@ -72,7 +73,7 @@ def finished_summary(config: RunConfig) -> dict | None:
     path = Path(config.out) / "summary.json"
     if not path.is_file():
         return None
-    summary = _read_json_object(path, "move it away or use --overwrite")
+    summary = read_json_object(path, "move it away or use --overwrite")
     same_seeds = sorted(summary.get("seeds", [])) == sorted(config.seeds)
     if upgraded_setting(summary.get("setting", {})) != setting(config) or not same_seeds:
         return None

@@ -2,7 +2,7 @@
 
 BitFit: Ben Zaken et al., "BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked
 Language-models" (ACL 2022), which trains the bias terms only; on CLIP as CLIPFit's Table 5 ran it (Li et
-al., EMNLP 2023; minglllli/CLIPFit@4dde049): (a) every bias of both towers' blocks, (b) every bias of the
+al., EMNLP 2024; minglllli/CLIPFit@4dde049): (a) every bias of both towers' blocks, (b) every bias of the
 text blocks, (c) the text MLPs' biases, (d) the text MLPs' output-projection biases, each with the CE loss
 alone, in CLIPFit's code and settings (the recipe: `recipes/clipfit_ablations.yaml`). `ln-only` trains the
 image LayerNorms alone (CLIPFit Table 6).

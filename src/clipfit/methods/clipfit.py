@@ -1,6 +1,6 @@
 """CLIPFit: tune the text MLPs' output-projection biases and the image tower's LayerNorms.
 
-Li et al., "Vision-Language Model Fine-Tuning via Simple Parameter-Efficient Modification" (EMNLP 2023);
+Li et al., "Vision-Language Model Fine-Tuning via Simple Parameter-Efficient Modification" (EMNLP 2024);
 official code minglllli/CLIPFit@4dde049 (its Dassl trainer and configs; the recipe: `recipes/clipfit.yaml`).
 
 The loss adds a distillation term that keeps the tuned class text features close to the pretrained
@@ -76,7 +76,7 @@ class CLIPFitConfig(MethodConfig):
 @register_method
 class CLIPFit(Method):
     name = "clipfit"
-    description = ("CLIPFit (Li et al., EMNLP 2023): text MLP output-projection biases + image LayerNorms, "
+    description = ("CLIPFit (Li et al., EMNLP 2024): text MLP output-projection biases + image LayerNorms, "
                    "KD to zero-shot")
     config_class = CLIPFitConfig
     cli_shortcuts = ("beta",)  # --beta: the regulariser's weight

@@ -2,7 +2,7 @@
 
 Zanella and Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models" (CVPR Workshops 2024), as
 its official code runs it (MaxZanella/CLIP-LoRA@358f0d7: `main.py`, `lora.py`, `run_utils.py`,
-`loralib/layers.py`, `loralib/utils.py`; `../shared/spec/methods-adapters.md` section 5).
+`loralib/layers.py`, `loralib/utils.py`).
 
 Every chosen projection W (the query, key and value rows of an attention block's packed input projection,
 and optionally its output projection) gets a trainable update of rank r:
