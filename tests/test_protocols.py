@@ -165,7 +165,8 @@ def test_eval_on_another_dataset_uses_all_its_classes_and_its_template(eurosat_r
     out = tmp_path / "b2n"
     main(train_args(eurosat_root, out, "--protocol", "base2new", "--seeds", "1"))
     metrics = api.evaluate_run(out / "seed1", dataset="imagefolder", data_root=str(image_folder), progress=False)
-    assert set(metrics) == {"accuracy", "accuracy_n"}  # all classes are "accuracy", as in a few-shot run
+    assert set(metrics) == {"accuracy", "accuracy_n", "test_sets"}  # all classes: "accuracy", as in a few-shot run
+    assert metrics["test_sets"] == {"accuracy": {"dataset": "photos", "classes": 3, "images": 3 * round(12 * 0.2)}}
     assert metrics["accuracy_n"] == 3 * round(12 * 0.2)  # 3 classes, the seeded 70/10/20 split's test share
     _, method = api.load_run(out / "seed1")
     assert method.classnames == ["annual crop", "forest"]

@@ -38,9 +38,69 @@ def test_an_unknown_name_names_the_close_matches_and_the_known_ones():
         registry.lookup("clipfti")
 
 
+def test_an_alias_finds_its_entry_everywhere_a_name_is_looked_up_and_is_listed_apart():
+    registry = Registry("widget", error=ClipFitError)
+    registry.register("canonical", "ENTRY")
+    registry.register("other", "OTHER")
+    registry.register_alias("Typo-Name", "canonical")
+    registry.register_alias("typo-name", "canonical")
+    registry.register_alias("typo-name", "canonical")  # the same alias again: a no-op
+    assert registry.lookup("Typo-Name") == registry["typo-name"] == registry.get("typo-name") == "ENTRY"
+    assert "typo-name" in registry and "nothing" not in registry and registry.get("nothing") is None
+    assert registry.resolve("typo-name") == "canonical" and registry.resolve("unknown") == "unknown"
+    assert list(registry) == ["canonical", "other"] and len(registry) == 2 and list(registry.keys()) == list(registry)
+    assert registry.aliases() == {"Typo-Name": "canonical", "typo-name": "canonical"}
+
+
+def test_an_alias_must_name_a_registered_entry_and_never_takes_a_name_or_another_alias():
+    registry = Registry("widget")
+    registry.register("a", 1)
+    registry.register("b", 2)
+    registry.register_alias("x", "a")
+    with pytest.raises(ValueError, match="widget 'nope' is not registered"):
+        registry.register_alias("y", "nope")
+    with pytest.raises(ValueError, match="'x' is not registered"):
+        registry.register_alias("y", "x")  # an alias of an alias
+    with pytest.raises(ValueError, match="registered under that name"):
+        registry.register_alias("b", "a")
+    with pytest.raises(ValueError, match="already stands for widget 'a'"):
+        registry.register_alias("x", "b")
+    with pytest.raises(ValueError, match="widget 'x' is already an alias of 'a'"):
+        registry.register("x", 3)
+
+
+def test_removing_an_entry_removes_its_aliases_and_removing_an_alias_keeps_the_entry():
+    registry = Registry("widget")
+    registry.register("a", 1)
+    registry.register_alias("x", "a")
+    registry.register_alias("y", "a")
+    assert registry.unregister("x") == 1 and registry.aliases() == {"y": "a"} and "a" in registry
+    assert registry.unregister("a") == 1 and registry.aliases() == {} and "y" not in registry
+
+
+def test_an_unknown_name_suggests_close_aliases_too():
+    registry = Registry("widget", error=ClipFitError)
+    registry.register("vtab-dtd", 1)
+    registry.register_alias("vtba-dtd", "vtab-dtd")
+    with pytest.raises(ClipFitError, match=r"unknown widget 'vtba-dt' \(did you mean vtba-dtd, vtab-dtd\?\)"):
+        registry.lookup("vtba-dt")
+
+
+def test_aliases_list_in_the_order_of_their_entries_and_extend_order_appends_names():
+    registry = Registry("widget", order=("z",))
+    for name in ("a", "m", "z"):
+        registry.register(name, name)
+    registry.extend_order(["m", "z"])
+    assert list(registry) == ["z", "m", "a"]
+    registry.register_alias("alias-of-a", "a")
+    registry.register_alias("alias-of-z", "z")
+    registry.register_alias("b-alias-of-m", "m")
+    assert list(registry.aliases()) == ["alias-of-z", "b-alias-of-m", "alias-of-a"]
+
+
 def test_the_built_in_registries_list_in_their_declared_order():
     assert list(METHODS)[:3] == ["clipfit", "bitfit-all", "bitfit-text"]
-    assert list(PROTOCOLS) == ["few-shot", "base2new"]
+    assert list(PROTOCOLS) == ["few-shot", "base2new", "cross-dataset", "distribution-shift", "vtab"]
     assert PROTOCOLS["base2new"].evaluates_unseen and not PROTOCOLS["few-shot"].evaluates_unseen
 
 

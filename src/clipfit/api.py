@@ -23,7 +23,7 @@ from .defaults import default_data_root
 from .errors import ClipFitError
 from .methods import build_method, get_method
 from .protocols import get_protocol
-from .runner import evaluate_sets, image_datasets, load_adapter, load_run, run
+from .runner import evaluate_sets, evaluate_targets, image_datasets, load_adapter, load_run, load_targets, run
 
 __all__ = [
     "RunConfig",
@@ -91,7 +91,9 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, float]:
-    """Accuracy of a tuned run: on its own test sets by default, or on another dataset (all its classes)."""
+    """Accuracy (%) of a tuned run: on its own test sets by default (a transfer protocol's targets
+    included), or on another dataset (all its classes). Returns the metrics, with ``test_sets`` naming
+    what each one was (`runner.evaluate_named`)."""
     config, method = load_run(run_dir, device)
     name = dataset or config.dataset
     if dataset in data.GENERIC_FORMATS and data_root is None:
@@ -113,7 +115,12 @@ def evaluate_run(
             name=which,
             eval_sets=lambda s: {"accuracy" if which == "all" else which: data.subsample_classes(s, which)},
         )
-    return evaluate_sets(method, protocol, splits, test_dataset, dataclasses.replace(config, num_workers=0), progress)
+    config = dataclasses.replace(config, num_workers=0)
+    metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
+    if split is None and dataset is None and protocol.transfers:  # the run's own targets too
+        transfer = evaluate_targets(method, load_targets(config), test_dataset, config, progress)
+        metrics.update({**transfer, "test_sets": {**metrics["test_sets"], **transfer["test_sets"]}})
+    return metrics
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto") -> list[dict]:

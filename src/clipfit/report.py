@@ -7,7 +7,17 @@ from rich.table import Table
 
 console = Console()
 
-COLUMN_TITLES = {"accuracy": "Accuracy", "base": "Base", "new": "New", "hm": "HM"}
+COLUMN_TITLES = {"accuracy": "Accuracy", "base": "Base", "new": "New", "hm": "HM", "average": "Average"}
+
+
+def column_title(column: str) -> str:
+    """A metric's column title: the papers' (Base, HM, Average), or a tested dataset's title (EuroSAT)."""
+    from . import data
+
+    if column in COLUMN_TITLES:
+        return COLUMN_TITLES[column]
+    spec = data.DATASETS.get(column)
+    return spec.title or column if spec is not None else column
 
 
 def print_params(method: str, model: str, counts: dict) -> None:
@@ -53,13 +63,16 @@ def print_summary(summary: dict) -> None:
     table = Table()
     table.add_column("seed")
     for column in columns:
-        table.add_column(COLUMN_TITLES.get(column, column), justify="right")
+        table.add_column(column_title(column), justify="right")
     for metrics in summary["per_seed"]:
         table.add_row(str(metrics["seed"]), *(f"{metrics[c]:.2f}" for c in columns))
     table.add_row("mean ± std", *(f"{summary['mean'][c]:.2f} ± {summary['std'][c]:.2f}" for c in columns), style="bold")
     console.print(table)
+    if summary.get("targets"):
+        console.print(f"Average is the mean over the {len(summary['targets'])} target(s); the trained dataset "
+                      f"({summary['source']}) is not in it")
     for column in summary.get("derived_from_means", []):
-        console.print(f"{COLUMN_TITLES.get(column, column)} in the mean row is computed from the mean accuracies "
+        console.print(f"{column_title(column)} in the mean row is computed from the mean accuracies "
                       "(the papers' average: HM of the mean Base and the mean New); "
                       "± is the std of the per-seed values")
 

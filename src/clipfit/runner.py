@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .engine import evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config, method_regime
-from .protocols import Protocol, get_protocol
+from .protocols import TARGETS_MEAN, Protocol, get_protocol
 from .store import (
     RECIPE_VERSION,
     RunLog,
@@ -52,6 +53,11 @@ def resolve(config: RunConfig) -> RunConfig:
     method_cls = get_method(config.method)
     spec = data.get_spec(config.dataset)
     check_model_name(config.model)  # before any data is read or generated
+    if protocol.datasets is not None and not protocol.datasets(config.dataset):
+        raise ClipFitError(
+            f"protocol {config.protocol!r} applies to {protocol.datasets_hint}, not to dataset {config.dataset!r}"
+        )
+    targets = resolve_targets(config, protocol)
     if config.data_root is None and config.dataset in data.GENERIC_FORMATS:
         raise ClipFitError(
             f"--data-root is required with --dataset {config.dataset} "
@@ -72,9 +78,10 @@ def resolve(config: RunConfig) -> RunConfig:
             if "type" in {f.name for f in dataclasses.fields(method_cls.config_class)}
             else ""
         )
+        result = "base-to-new" if config.protocol == "base2new" else f"{config.protocol} (other datasets' classes)"
         raise ClipFitError(
             f"method {config.method!r}{_options_text(config.method_options)} cannot classify classes it did "
-            "not train on (its classifier holds the training classes only), so it has no base-to-new "
+            f"not train on (its classifier holds the training classes only), so it has no {result} "
             f"result: use --protocol few-shot{fix}"
         )
     optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
@@ -89,6 +96,7 @@ def resolve(config: RunConfig) -> RunConfig:
         optim=optim,
         method_options=options,
         seeds=list(config.seeds),
+        targets=targets,
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
         cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)),
         hflip=training_flips(config),
@@ -96,6 +104,40 @@ def resolve(config: RunConfig) -> RunConfig:
     )
     validate(resolved)
     return dataclasses.replace(resolved, out=config.out or default_out(resolved))
+
+
+def resolve_targets(config: RunConfig, protocol: Protocol) -> list[str] | None:
+    """The datasets a transfer protocol also tests: ``config.targets``, else the protocol's defaults for
+    the trained dataset; None for a protocol that tests the trained dataset only. `ClipFitError` naming
+    a target that is unknown, the trained dataset itself, a generic format or given twice."""
+    if not protocol.transfers:
+        if config.targets is not None:
+            raise ClipFitError(
+                f"--targets applies to the transfer protocols (cross-dataset, distribution-shift), "
+                f"not to --protocol {config.protocol}"
+            )
+        return None
+    if config.dataset in data.GENERIC_FORMATS:
+        raise ClipFitError(
+            f"protocol {config.protocol!r} trains on a registered dataset (ImageNet in the papers), not on "
+            f"--dataset {config.dataset}: train it with --protocol few-shot and evaluate the run on each target "
+            "with clipfit eval --run <seed folder> --dataset D"
+        )
+    targets = list(config.targets) if config.targets is not None else protocol.default_targets(config.dataset)
+    if not targets:
+        raise ClipFitError(f"--targets: protocol {config.protocol!r} needs at least one target dataset")
+    for target in targets:
+        if target in data.GENERIC_FORMATS:
+            raise ClipFitError(
+                f"--targets {target}: a target is a registered dataset; evaluate a finished run on your own "
+                f"folder with clipfit eval --run <seed folder> --dataset {target} --data-root DIR"
+            )
+        data.get_spec(target)  # unknown: DataError naming close matches
+        if target == config.dataset:
+            raise ClipFitError(f"--targets {target}: the trained dataset is tested anyway; name other datasets")
+        if targets.count(target) > 1:
+            raise ClipFitError(f"--targets {target}: given more than once")
+    return targets
 
 
 def _options_text(options: dict) -> str:
@@ -164,9 +206,23 @@ def image_datasets(backbone: Backbone, config: RunConfig):
 
 def evaluate_sets(
     method: Method, protocol: Protocol, splits: data.DatasetSplits, test_dataset, config: RunConfig, progress: bool
-) -> dict[str, float]:
-    metrics = {}
-    for name, subset in protocol.eval_sets(splits).items():
+) -> dict:
+    """The protocol's metrics of the trained dataset's test sets (`evaluate_named`), with its derived ones."""
+    metrics = evaluate_named(method, protocol.eval_sets(splits), test_dataset, config, progress)
+    metrics.update(protocol.derived(metrics))
+    return metrics
+
+
+def evaluate_named(
+    method: Method, sets: dict[str, data.DatasetSplits], test_dataset, config: RunConfig, progress: bool
+) -> dict:
+    """Accuracy (%) on the test split of each named set, with its own class names and template: metrics
+    ``{name: accuracy, f"{name}_n": images}``, and ``test_sets``, what each was: ``{name: {"dataset",
+    "classes", "images"}}``, as the run folder records it."""
+    metrics: dict = {}
+    described = {}
+    for name, subset in sets.items():
+        method.template = subset.template
         method.set_classes(subset.classnames)
         result = evaluate(
             method,
@@ -179,19 +235,69 @@ def evaluate_sets(
         )
         metrics[name] = result["accuracy"]
         metrics[f"{name}_n"] = result["n"]
-    metrics.update(protocol.derived(metrics))
+        described[name] = {"dataset": subset.name, "classes": subset.num_classes, "images": result["n"]}
+    metrics["test_sets"] = described
     return metrics
 
 
-def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
-    """Each seed's few-shot splits, once the data a run will read is known to be there: a training set
-    for a method that trains, a test image in every evaluated set, and (for at most CHECK_IMAGES_UP_TO
-    images, or always with `config.check_images`) every image decodable. `DataError` listing what is
-    missing or unreadable, before any training."""
+def evaluate_targets(
+    method: Method, targets: dict[str, data.DatasetSplits], test_dataset, config: RunConfig, progress: bool
+) -> dict:
+    """A transfer protocol's targets, each on its whole test set (`evaluate_named`), and their mean
+    accuracy as `TARGETS_MEAN` (the papers' "Average" of the targets, the source left out)."""
+    metrics = evaluate_named(method, targets, test_dataset, config, progress)
+    metrics[TARGETS_MEAN] = statistics.fmean(metrics[name] for name in targets)
+    return metrics
+
+
+def load_targets(config: RunConfig) -> dict[str, data.DatasetSplits]:
+    """Each target of a transfer protocol, all its classes, read from the run's data root ({} for a
+    protocol without targets)."""
+    return {name: data.load_dataset(name, config.data_root) for name in config.targets or []}
+
+
+def draw_sha256(samples: list[data.Sample], root: str) -> str:
+    """The SHA-256 of an image list in order: each image's path relative to ``root`` (POSIX form) and its
+    label, one line each, so that two machines with the dataset in different folders agree."""
+    lines = (f"{Path(os.path.relpath(s.path, root)).as_posix()}\t{s.label}\n" for s in samples)
+    return sha256_hex("".join(lines).encode("utf-8"))
+
+
+def split_file_sha256(config: RunConfig) -> str | None:
+    """The SHA-256 of the split file the dataset's reader read (`DatasetSpec.split_file`); None for a
+    layout without one."""
+    spec = data.get_spec(config.dataset)
+    if spec.split_file is None:
+        return None
+    return file_sha256_or_none(spec.data_dir(config.data_root) / spec.split_file)
+
+
+def check_data(config: RunConfig) -> tuple[dict[int, data.DatasetSplits], dict[str, data.DatasetSplits]]:
+    """Each seed's few-shot splits and the protocol's targets, once the data a run will read is known to
+    be there: a training set for a method that trains, a test image in every evaluated set, and (for at
+    most CHECK_IMAGES_UP_TO images, or always with `config.check_images`) every image decodable.
+    `DataError` listing what is missing or unreadable, before any training; `ClipFitError` for a target
+    whose classes the method's classifier cannot name."""
     protocol = get_protocol(config.protocol)
     trains = method_regime(config.method, config.method_options).trains
     per_seed = {seed: load_splits(config, seed) for seed in config.seeds}
+    targets = load_targets(config)
     needed: dict[Path, data.Sample] = {}
+    trained_classes = protocol.train_classes(next(iter(per_seed.values()))).classnames
+    foreign = [name for name, t in targets.items() if t.classnames != trained_classes]
+    if foreign and not get_method(config.method).classifies_unseen(config.method_options):
+        raise ClipFitError(
+            f"method {config.method!r}{_options_text(config.method_options)} classifies only the "
+            f"{len(trained_classes)} classes it trains on, and {', '.join(foreign)} test other classes "
+            f"(or a subset): leave them out of --targets"
+        )
+    for name, target in targets.items():
+        if not target.test:
+            raise DataError(
+                f"target dataset {name!r} at {config.data_root}: the test split is empty; "
+                f"`clipfit data check --dataset {name} --data-root {config.data_root}` says what is there"
+            )
+        needed.update((s.path, s) for s in target.test)
     for splits in per_seed.values():
         train_splits = protocol.train_classes(splits)
         if trains and not train_splits.train and data.get_spec(config.dataset).test_only:
@@ -219,7 +325,7 @@ def check_data(config: RunConfig) -> dict[int, data.DatasetSplits]:
             lines = "\n".join(f"  {path}: {reason}" for path, reason in bad[:10])
             more = f"\n  and {len(bad) - 10} more" if len(bad) > 10 else ""
             raise DataError(f"{len(bad)} of the {len(needed)} images this run reads cannot be read:\n{lines}{more}")
-    return per_seed
+    return per_seed, targets
 
 
 def run_seed(
@@ -231,10 +337,12 @@ def run_seed(
     echo: bool = True,
     overwrite: bool = False,
     backbone: Backbone | None = None,
+    targets: dict[str, data.DatasetSplits] | None = None,
 ) -> dict:
-    """Train and evaluate one seed on its few-shot `splits`; a finished seed of the same setting is read
-    back, not redone. The seed folder is locked for the whole time. ``backbone``: the base model freshly
-    loaded for this seed (it is tuned in place), else it is loaded here."""
+    """Train and evaluate one seed on its few-shot `splits` (and a transfer protocol's ``targets``, read
+    here when not given); a finished seed of the same setting is read back, not redone. The seed folder is
+    locked for the whole time. ``backbone``: the base model freshly loaded for this seed (it is tuned in
+    place), else it is loaded here."""
     one_seed = seed_config(config, seed)
     folder = seed_dir(config, seed)
     weights = weights_fingerprint(config.model, config.pretrained)
@@ -306,7 +414,14 @@ def run_seed(
             folder / "adapter.safetensors", precision=config.precision, options=config.method_options
         )
         metrics = evaluate_sets(method, protocol, splits, test_dataset, config, progress)
+        if protocol.transfers:
+            transfer = evaluate_targets(
+                method, load_targets(config) if targets is None else targets, test_dataset, config, progress
+            )
+            metrics.update({**transfer, "test_sets": {**metrics["test_sets"], **transfer["test_sets"]}})
         metrics.update(
+            fewshot_sha256=draw_sha256(train_splits.train, config.data_root) if method.regime.trains else None,
+            split_sha256=split_file_sha256(config),
             seed=seed,
             recipe=RECIPE_VERSION,
             weights=weights,
@@ -326,7 +441,7 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
     finished seed of the setting, including seeds other runs added to the folder. Everything that can
     be checked before training (options, data, images, the checkpoint) is, before the folder is touched."""
     config = resolve(config)
-    per_seed_splits = check_data(config)
+    per_seed_splits, targets = check_data(config)
     # Loading the weights checks the checkpoint before the run folder is created; the first seed trains on them.
     backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
     update_summary(config, [], overwrite)  # claim the folder for this setting
@@ -341,6 +456,7 @@ def run(config: RunConfig, *, progress: bool = True, echo: bool = True, overwrit
                 echo=echo,
                 overwrite=overwrite,
                 backbone=backbone,
+                targets=targets,
             )
         )
         backbone = None  # training tuned it in place: every later seed starts from the file again

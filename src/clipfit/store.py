@@ -57,10 +57,19 @@ NOT_IDENTITY = (
 TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "image_cache")
 
 
+# Config fields added after runs were recorded without them, with their default: left out of the identity
+# while at that default, so that the earlier runs keep their folder names and are still reused.
+ADDED_LATER = {"targets": None, "templates": None}
+
+
 def setting(config: RunConfig) -> dict:
     """The fields that make a run what it is (its identity), as JSON values."""
     ignored = NOT_IDENTITY + (() if method_regime(config.method, config.method_options).trains else TRAINING_ONLY)
-    return {k: v for k, v in json.loads(config.to_json()).items() if k not in ignored}
+    return {
+        k: v
+        for k, v in json.loads(config.to_json()).items()
+        if k not in ignored and not (k in ADDED_LATER and v == ADDED_LATER[k])
+    }
 
 
 def upgraded_setting(old: dict) -> dict:
@@ -224,8 +233,12 @@ def summarize(config: RunConfig, per_seed: list[dict]) -> dict:
         "std": {},
         "setting": setting(config),
     }
+    if config.targets is not None:  # a transfer protocol: the trained dataset and those it was tested on
+        summary.update(source=config.dataset, targets=list(config.targets))
     if not per_seed:
         return summary
+    if "test_sets" in per_seed[0]:
+        summary["test_sets"] = per_seed[0]["test_sets"]
     keys = [
         k
         for k in per_seed[0]

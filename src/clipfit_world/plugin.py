@@ -23,4 +23,5 @@ def register() -> None:
             task.name, task.name, task.folder, "images", task.split_file, task.template,
             prepare=functools.partial(generate_task, task.name), test_only=task.parent is not None,
             mirror_invariant=task.mirror_invariant, min_crop_area=task.min_crop_area,
+            family="mini-world", shift_of=task.parent,
         )

@@ -14,6 +14,7 @@ from .readers import (
     expect_imagefolder,
     expect_imagenet,
     expect_imagenet_sketch,
+    expect_imagenet_subset,
     expect_imagenet_v2,
     read_coop_split,
     read_csv,
@@ -21,6 +22,7 @@ from .readers import (
     read_imagefolder,
     read_imagenet,
     read_imagenet_sketch,
+    read_imagenet_subset,
     read_imagenet_v2,
 )
 from .registry import GENERIC_FORMATS, DatasetSpec, register_dataset
@@ -56,16 +58,19 @@ register_dataset(
         reader=read_imagenet,
         expected=expect_imagenet,
         title="ImageNet",
+        family="coop",
     )
 )
 coop_dataset("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
-             DEFAULT_TEMPLATE)
+             DEFAULT_TEMPLATE, family="coop")
 coop_dataset("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
-             "a photo of a {}, a type of pet.")
-coop_dataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE)
+             "a photo of a {}, a type of pet.", family="coop")
+coop_dataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE,
+             family="coop")
 coop_dataset("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-             "a photo of a {}, a type of flower.")
-coop_dataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.")
+             "a photo of a {}, a type of flower.", family="coop")
+coop_dataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.",
+             family="coop")
 register_dataset(
     DatasetSpec(
         name="fgvc_aircraft",
@@ -74,14 +79,16 @@ register_dataset(
         reader=read_fgvc,
         expected=expect_fgvc,
         title="FGVCAircraft",
+        family="coop",
     )
 )
-coop_dataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE)
+coop_dataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE, family="coop")
 coop_dataset("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json",
-             "a photo of a {}, a type of texture.")
-coop_dataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.")
+             "a photo of a {}, a type of texture.", family="coop")
+coop_dataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.",
+             family="coop")
 coop_dataset("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-             "a photo of a person doing {}.")
+             "a photo of a person doing {}.", family="coop")
 register_dataset(
     DatasetSpec(
         name="imagenet_v2",
@@ -91,6 +98,7 @@ register_dataset(
         expected=expect_imagenet_v2,
         title="ImageNet-V2",
         test_only=True,
+        shift_of="imagenet",
     )
 )
 register_dataset(
@@ -102,8 +110,26 @@ register_dataset(
         expected=expect_imagenet_sketch,
         title="ImageNet-Sketch",
         test_only=True,
+        shift_of="imagenet",
     )
 )
+# The 200-class subsets, in the CoOp family's folders (CoOp DATASETS.md).
+for name, folder, title in (
+    ("imagenet_a", "imagenet-adversarial/imagenet-a", "ImageNet-A"),
+    ("imagenet_r", "imagenet-rendition/imagenet-r", "ImageNet-R"),
+):
+    register_dataset(
+        DatasetSpec(
+            name=name,
+            folder=folder,
+            template=DEFAULT_TEMPLATE,
+            reader=read_imagenet_subset,
+            expected=expect_imagenet_subset,
+            title=title,
+            test_only=True,
+            shift_of="imagenet",
+        )
+    )
 
 # Generic formats: `root` is the user's folder / CSV file itself, hence folder "".
 register_dataset(

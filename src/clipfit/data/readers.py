@@ -643,6 +643,35 @@ def read_imagenet_sketch(root: Path, spec: DatasetSpec, *, split_seed: int = 1) 
     return DatasetSplits(spec.name, classnames, spec.template, [], [], test, None)
 
 
+def expect_imagenet_subset(root: Path, spec: DatasetSpec) -> list[Expectation]:
+    d = spec.data_dir(root)
+    return [
+        Expectation(
+            d,
+            f"{spec.title} test images, one <wnid>/ folder per class of its ImageNet subset",
+            "dir",
+            hint=lambda: _class_folder_hint(d, _is_wnid_like, "<wnid>"),
+        ),
+        _classnames_expectation(root),
+    ]
+
+
+def read_imagenet_subset(root: Path, spec: DatasetSpec, *, split_seed: int = 1) -> DatasetSplits:
+    """ImageNet-A or ImageNet-R as the CoOp family reads them (CoOp `datasets/imagenet_a.py`,
+    `imagenet_r.py`): the wnid folders present (200 of ImageNet's 1,000) are the classes, labelled 0.. in
+    sorted folder order, named as ImageNet's ``classnames.txt`` names them; a ``README.txt`` beside the
+    folders is ignored. Every image is a test image."""
+    d = spec.data_dir(root)
+    wnids, classnames = read_imagenet_classnames(root)
+    name_of = dict(zip(wnids, classnames))
+    found = _wnid_folders(d, wnids, root / IMAGENET_CLASSNAMES)
+    present = sorted(w for w in found if found[w])
+    if not present:
+        raise DataError(f"{d}: no <wnid>/ folder holds an image")
+    test = [Sample(p, label, name_of[w]) for label, w in enumerate(present) for p in found[w]]
+    return DatasetSplits(spec.name, [name_of[w] for w in present], spec.template, [], [], test, None)
+
+
 # --------------------------------------------------------------------------- generic formats
 
 

@@ -66,6 +66,12 @@ class DatasetSpec:
     # Smallest area fraction of a training crop (RandomResizedCrop's scale (min_crop_area, 1)): the
     # papers' 0.08, unless a crop that small no longer shows the class (the mini world's glyphs).
     min_crop_area: float = 0.08
+    # The benchmark family a dataset belongs to ("coop": the CoOp family's eleven; "mini-world"): the
+    # cross-dataset protocol's default targets are the source's family.
+    family: str = ""
+    # For a test-only dataset under a distribution shift, the dataset whose classes (or a subset of them)
+    # it shows (ImageNet-V2, -Sketch, -A, -R: "imagenet"): the distribution-shift protocol's default targets.
+    shift_of: str | None = None
 
     def data_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder
@@ -75,7 +81,7 @@ class DatasetSpec:
 # datasets registered by plugins (the mini world's tasks) follow alphabetically.
 DATASETS: Registry[DatasetSpec] = Registry("dataset", error=DataError, order=(
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
-    "sun397", "dtd", "eurosat", "ucf101", "imagenet_v2", "imagenet_sketch"))
+    "sun397", "dtd", "eurosat", "ucf101", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"))
 
 # Formats whose root is the dataset itself; not benchmark datasets, so kept out of DATASETS.
 GENERIC_FORMATS: Registry[DatasetSpec] = Registry("dataset format", error=DataError, order=("imagefolder", "csv"))
