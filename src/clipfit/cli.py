@@ -33,10 +33,22 @@ def _option(text: str) -> tuple[str, object]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's own errors as one line, like every other error of the tool, pointing to --help."""
+    """argparse's own errors as one line, like every other error of the tool, pointing to --help.
+
+    On the top-level parser ``tables`` names the `clipfit table NAME` subcommands: `clipfit table` followed by
+    anything else (run folders, or an option) is `clipfit table show ...`, so `clipfit table RUNS...` reads as
+    the issue writes it and `clipfit table recipes` stays the recipes table."""
+
+    tables: frozenset[str] = frozenset()
 
     def error(self, message: str):
         self.exit(2, f"clipfit: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        if self.tables and len(args) > 1 and args[0] == "table" and args[1] not in self.tables | {"-h", "--help"}:
+            args.insert(1, TABLE_SHOW)
+        return super().parse_known_args(args, namespace)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,12 +68,14 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         help=f"open_clip architecture, e.g. ViT-B-16, ViT-B-32, ViT-L-14, RN50, mini-clip "
-        f"(`clipfit models` lists them; default: {defaults.MODEL})",
+        f"(`clipfit models` lists them; default: {defaults.MODEL}; with a Hugging Face folder as --pretrained, "
+        "its config.json's, and --model may be left out)",
     )
     p.add_argument(
         "--pretrained",
         help=f"open_clip tag (openai, laion2b_s34b_b79k, metaclip_400m, ...), a checkpoint "
-        f"file, 'builtin' or 'none' (default: {defaults.PRETRAINED})",
+        f"file, a Hugging Face CLIPModel folder (config.json and model.safetensors or pytorch_model.bin), "
+        f"'builtin' or 'none' (default: {defaults.PRETRAINED})",
     )
 
 
@@ -104,12 +118,32 @@ def _train_parser(sub) -> None:
         help="where few-shot draws are cached (default: beside the dataset, or "
         f"{defaults.CACHE_ROOT}/fewshot when the dataset folder is read-only)",
     )
-    p.add_argument("--protocol", help=f"few-shot or base2new (default: {defaults.PROTOCOL})")
+    p.add_argument(
+        "--protocol",
+        help="few-shot, base2new, cross-dataset, distribution-shift or vtab (`clipfit protocols` describes "
+        f"them; default: {defaults.PROTOCOL})",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="DATASET",
+        help="the datasets cross-dataset or distribution-shift also tests, each on its whole test set (default: "
+        "the protocol's: ImageNet's ten CoOp targets, or its shifted test sets V2, Sketch, A and R)",
+    )
     p.add_argument("--shots", type=int, help=f"images per class for training, 0: all (default: {defaults.SHOTS})")
     p.add_argument(
         "--seeds", type=int, nargs="+", help=f"one run per seed (default: {' '.join(map(str, defaults.SEEDS))})"
     )
     p.add_argument("--template", help="prompt template with {} for the class name (default: the dataset's)")
+    p.add_argument(
+        "--templates",
+        metavar="NAME|FILE",
+        help="a prompt ensemble, class features averaged over its templates as CLIP does: clip (each dataset's "
+        "set from the CLIP paper, clip-imagenet for others), clip-imagenet (80), clip-imagenet-7, "
+        "clip-<dataset>, or a file of templates, one a line; for zero-shot, the adapters' classifier and "
+        "CLIPFit's, KgCoOp's and ProGrad's frozen targets (methods that learn their classifier refuse it; "
+        "default: the single template)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -175,16 +209,21 @@ def _config_from_args(args):
             "or a --config that names one"
         )
     config = config or RunConfig()
+    from .hf_checkpoint import HF_MODEL, hf_folder
+
     top = {
         "method": args.method,
-        "model": args.model,
+        # A Hugging Face folder's config.json names its architecture, so --model may be left out with one.
+        "model": args.model or (HF_MODEL if hf_folder(args.pretrained) is not None else None),
         "pretrained": args.pretrained,
         "dataset": args.dataset,
         "data_root": args.data_root,
         "protocol": args.protocol,
+        "targets": args.targets,
         "shots": args.shots,
         "seeds": args.seeds,
         "template": args.template,
+        "templates": args.templates,
         "device": args.device,
         "num_workers": args.num_workers,
         "out": args.out,
@@ -274,6 +313,7 @@ def cmd_params(args) -> None:
         return
     from .report import print_all_params
 
+    notes = api.model_notes(args.model)  # an unknown model fails here, once
     counts = {}
     for name in api.list_methods():
         try:
@@ -283,7 +323,7 @@ def cmd_params(args) -> None:
             }
         except ClipFitError as err:  # e.g. MaPLe on a ResNet: no image transformer to prompt
             counts[name] = str(err)
-    print_all_params(args.model, counts)
+    print_all_params(args.model, counts, notes)
 
 
 def cmd_methods(args) -> None:
@@ -313,6 +353,26 @@ def cmd_models(args) -> None:
         print(f"{model:32s} {listed}")
 
 
+def cmd_study(args) -> None:
+    from . import api
+    from .report import print_summary
+    from .study import StudyArgs, study_config
+
+    study = StudyArgs(args.data, args.backbone, args.model, args.type, args.shots, tuple(args.seeds))
+    fields = {"data_root": args.data_root, "out": args.out, "device": args.device, "precision": args.precision}
+    config = study_config(study, **{k: v for k, v in fields.items() if v is not None})
+    summary = api.run(config, progress=not args.no_progress)
+    print_summary(summary)
+    print(f"results: {Path(summary['out']) / 'summary.json'}")
+
+
+def cmd_protocols(args) -> None:
+    from .protocols import PROTOCOLS
+
+    for name, protocol in PROTOCOLS.items():
+        print(f"{name:20s} {protocol.description}")
+
+
 def cmd_eval(args) -> None:
     from . import api
 
@@ -322,11 +382,13 @@ def cmd_eval(args) -> None:
         data_root=args.data_root,
         split=args.split,
         template=args.template,
+        templates=args.templates,
         device=args.device,
         progress=not args.no_progress,
     )
     for key, value in metrics.items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+        if key != "test_sets":  # what each metric is evaluated on: recorded in a run folder, not printed
+            print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 def cmd_predict(args) -> None:
@@ -362,8 +424,14 @@ def cmd_data_check(args) -> None:
 def cmd_data_list(args) -> None:
     from . import api
 
-    for name, title in api.list_datasets().items():
-        print(f"{name:20s} {title}")
+    datasets, aliases = api.list_datasets(), api.dataset_aliases()
+    width = max(map(len, [*datasets, *aliases]), default=0)
+    for name, title in datasets.items():
+        print(f"{name:{width}s} {title}")
+    if aliases:
+        print("\naliases (another name for a dataset, e.g. the PEFT-for-CLIP study's):")
+        for alias, name in aliases.items():
+            print(f"{alias:{width}s} = {name}")
 
 
 def _recipes_arguments(p: argparse.ArgumentParser) -> None:
@@ -397,6 +465,46 @@ plugins.register_command(
 )
 
 
+def _table_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUNS",
+                   help="run folders (holding summary.json or seedN/metrics.json), or folders searched for them")
+    p.add_argument("--kind", nargs="+", metavar="KIND",
+                   help="base2new, few-shot, cross-dataset, distribution-shift, vtab or efficiency "
+                   "(default: one table per protocol the runs have)")
+    p.add_argument("--format", default="md", choices=("md", "csv"),
+                   help="Markdown tables with footnotes, or CSV with one row per cell")
+    p.add_argument("--out", type=Path, help="write to this file (atomically) instead of printing")
+    p.add_argument("--seeds", type=int, metavar="N", help="mark cells with fewer than N seeds (default: fewer than "
+                   "the most any cell of the table has)")
+    p.add_argument("--compare", metavar="NAME|FILE", help="print a published table set beside ours, with the "
+                   "difference: clipfit-paper (CLIPFit's Tables 1, 2, 3, 7, 9, 10), or a YAML file in its format")
+
+
+def cmd_table_show(args) -> None:
+    from .files import atomic_write_text
+    from .tables import render_table
+
+    text = render_table(args.runs, kind=args.kind, fmt=args.format, seeds=args.seeds, compare=args.compare)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+TABLE_SHOW = "show"
+plugins.register_command(
+    plugins.Command(
+        TABLE_SHOW,
+        "finished runs in the papers' table formats (base-to-new, few-shot, cross-dataset, distribution "
+        "shift, VTAB-1k, efficiency), mean ± std over seeds; also written `clipfit table RUNS...`",
+        _table_show_arguments,
+        cmd_table_show,
+        parent="table",
+    )
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     plugins.load_commands()  # their commands (the mini world's demo and tables) join the built-in ones
     parser = _Parser(prog="clipfit", description="Parameter-efficient fine-tuning of CLIP.")
@@ -411,18 +519,24 @@ def build_parser() -> argparse.ArgumentParser:
     tables = None
     for command in commands:
         if command.parent == "table" and tables is None:
-            p = add("table", help="regenerate a table the README quotes")
+            p = add("table", help="tables of finished runs in the papers' formats (`clipfit table RUNS...`), "
+                    "or regenerate a table the README quotes",
+                    description="`clipfit table RUNS...` is `clipfit table show RUNS...`: any first word that "
+                    "is not one of the tables below is read as a run folder")
             tables = p.add_subparsers(dest="table", metavar="TABLE", required=True, help="which table")
         target = tables if command.parent == "table" else sub
         c = target.add_parser(command.name, formatter_class=_HelpFormatter, help=command.help)
         command.add_arguments(c)
         c.set_defaults(func=command.run)
+    if tables is not None:
+        parser.tables = frozenset(tables.choices)
 
     p = add("params", help="count a method's trainable parameters on a backbone (no weights needed)")
     p.add_argument(
         "--method", default=defaults.METHOD, help="`clipfit methods` lists them; 'all': every one, in one table"
     )
-    p.add_argument("--model", default=defaults.MODEL, help="an open_clip architecture (`clipfit models` lists them)")
+    p.add_argument("--model", default=defaults.MODEL,
+                   help="an open_clip architecture (`clipfit models` lists them), or a Hugging Face CLIPModel folder")
     p.set_defaults(func=cmd_params)
 
     p = add("methods", help="the registered methods")
@@ -438,6 +552,33 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     sub.choices["train"].set_defaults(func=cmd_train)
 
+    p = add(
+        "study",
+        help="the PEFT-for-CLIP study's command line (python train.py --data ... --backbone ... --model ...)",
+        description="The study's train.py arguments, as its README gives them, run as `clipfit train --protocol "
+        "vtab` with its names translated (README: 'The PEFT-for-CLIP study's command line').",
+    )
+    p.add_argument("--data", required=True, help="the task, as the study names it (vtab-cifar100, vtba-dtd, ...)")
+    p.add_argument(
+        "--backbone", default="ViT-B16", help="ViT-B32, ViT-B16, ViT-L14, MetaCLIP-B32-400M, ... (either case)"
+    )
+    p.add_argument(
+        "--model", default="VPT-CLIP-Shallow", help="the strategy: CLIP-Adapter, VPT-CLIP-Shallow, VPT-CLIP-Deep"
+    )
+    p.add_argument("--type", default="vision", choices=("vision", "vision-language"), help="the classifier")
+    p.add_argument("--shots", type=int, default=16, help="images per class, -1: the whole training list")
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0],
+                   help="the seeds (the study's README says --seeds, its code --seed; default 0)")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
+    p.add_argument("--out", help="run folder (default: runs/<task>-vtab-<shots>shot-<method>-<model>-<hex>)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or fp16-reference (the study: fp16 autocast)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
+
+    p = add("protocols", help="the evaluation protocols")
+    p.set_defaults(func=cmd_protocols)
+
     p = add("eval", help="evaluate a finished run (its own test sets, or another dataset)")
     p.add_argument("--run", required=True, type=Path, help="a seed folder, e.g. runs/eurosat-b2n/seed1")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
@@ -448,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which classes (default: the run's protocol, or all for another dataset)",
     )
     p.add_argument("--template", help="prompt template with {} (default: the run's, or the other dataset's)")
+    p.add_argument(
+        "--templates",
+        metavar="NAME|FILE",
+        help="a prompt ensemble to classify with instead of the run's (a named set such as clip or "
+        "clip-imagenet, or a file of templates; default: the run's, where clip follows the dataset evaluated)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

@@ -149,10 +149,18 @@ class RunConfig:
     # when the dataset folder is read-only. Not part of the run's identity (the draw is the same wherever cached).
     cache_dir: str | None = None
     protocol: str = defaults.PROTOCOL
+    # The datasets a transfer protocol (cross-dataset, distribution-shift) evaluates besides the trained one,
+    # each on its whole test set; None: the protocol's own (`Protocol.default_targets`).
+    targets: list[str] | None = None
     shots: int = defaults.SHOTS
     seeds: list[int] = field(default_factory=lambda: list(defaults.SEEDS))
     # None: the dataset's own template (CoOp's per-dataset prompt, `DatasetSpec.template`).
     template: str | None = None
+    # A prompt ensemble (`clipfit.templates`): a named set (clip, clip-imagenet, clip-<dataset>), a file of
+    # templates, or the templates themselves (a resolved run records a file's as its list). None: the single
+    # template above. With both, `template` is what a method trains with and `templates` what the ensemble
+    # replaces (each method's `templates_role`).
+    templates: str | list[str] | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     # Training crops' area range (RandomResizedCrop's scale); None: the papers' (0.08, 1), or the dataset's
     # own lower bound where small crops no longer show the class (`DatasetSpec.min_crop_area`).
@@ -211,8 +219,16 @@ def _typed(value, annotation, source: str, name: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _typed(value, inner, source, name)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # str | list[str] (templates): the alternative of the value's JSON type
+            kinds = [(a, typing.get_origin(a) or a) for a in inner]
+            match = next((a for a, kind in kinds if isinstance(value, (list, tuple) if kind is list else kind)), None)
+            if match is None:
+                wants = " or ".join("a string" if a is str else "a list of strings" if a == list[str] else str(a)
+                                    for a in inner)
+                raise _type_error(source, name, value, wants)
+            return _typed(value, match, source, name)
+        return _typed(value, inner[0], source, name)
     if annotation is bool:
         if not isinstance(value, bool):  # "no", 0 or 1 would silently mean something else
             raise _type_error(source, name, value, "true or false")
@@ -390,5 +406,9 @@ def validate(config: RunConfig) -> None:
         check_device(config.device)
     if config.template is not None:
         check_template(config.template)
+    if config.templates is not None:
+        from .templates import check_templates  # it imports this module
+
+        check_templates(config.templates)
     if config.out is not None and Path(config.out).expanduser().exists() and not Path(config.out).expanduser().is_dir():
         raise ClipFitError(f"--out {config.out} is a file, not a folder")

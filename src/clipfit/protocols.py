@@ -15,6 +15,7 @@ list, all classes (the visual-PEFT papers' protocol; the PEFT-for-CLIP study's t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,10 @@ class Protocol:
     datasets: Callable[[str], bool] | None = None
     datasets_hint: str = ""
     description: str = ""
+    # For a method that searches a hyperparameter on validation: the dataset (name, data root) it trains,
+    # searches and is tested on, when that differs from what `load_dataset` reads (VTAB-1k: train800 and
+    # val200, then test.txt); None: the same splits as every method.
+    search_splits: Callable[[str, str], data.DatasetSplits] | None = None
 
     @property
     def transfers(self) -> bool:
@@ -133,13 +138,23 @@ register_protocol(Protocol(
     description="train on the source (16-shot ImageNet), test it and its shifted test sets "
     "(ImageNet-V2, -Sketch, -A, -R; CoCoOp, CLIPFit Table 3)",
 ))
+def vtab_search_splits(name: str, root: str) -> data.DatasetSplits:
+    """A VTAB-1k task as a method that searches on validation reads it: train800 to train and val200 to
+    search (`data.load_vtab_tuning`), test.txt to test, as VTAB-1k tunes (Zhai et al., 2019, Sec. 3)."""
+    final = data.load_dataset(name, root)
+    tuning = data.load_vtab_tuning(name, root)
+    return dataclasses.replace(tuning, test=final.test)
+
+
 register_protocol(Protocol(
     name="vtab",
     train_classes=_all_classes,
     eval_sets=lambda splits: {"accuracy": splits},
     datasets=lambda name: data.get_spec(name).family == "vtab-1k",
     datasets_hint="a VTAB-1k task (vtab-<task>; `clipfit datasets` lists them)",
-    description="a VTAB-1k task: train on train800val200 (or K shots of it), test on its test list",
+    description="a VTAB-1k task: train on train800val200 (or K shots of it), test on its test list; "
+    "a method that searches on validation trains on train800 and searches on val200",
+    search_splits=vtab_search_splits,
 ))
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from . import data
-from .backbone import Backbone, check_model_name, load_backbone, weights_fingerprint
+from .backbone import Backbone, check_backbone_names, load_backbone, skeleton_backbone, weights_fingerprint
 from .config import RunConfig, check_device, check_template, complete, typed_fields, validate
 from .defaults import CHECK_IMAGES_UP_TO, cache_root, default_data_root
 from .engine import evaluate, train
 from .errors import ClipFitError, DataError
 from .files import Lock, atomic_write_text, remove_orphan_temp_files
 from .methods import Method, build_method, get_method, method_config, method_regime
+from .methods.registry import inapplicable_reason
 from .protocols import TARGETS_MEAN, Protocol, get_protocol
 from .store import (
     RECIPE_VERSION,
@@ -43,6 +44,7 @@ from .store import (
     summarize,
     update_summary,
 )
+from .templates import resolve_templates, templates_for
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -52,7 +54,8 @@ def resolve(config: RunConfig) -> RunConfig:
     protocol = get_protocol(config.protocol)
     method_cls = get_method(config.method)
     spec = data.get_spec(config.dataset)
-    check_model_name(config.model)  # before any data is read or generated
+    # Before any data is read or generated; a Hugging Face folder's config.json names its architecture.
+    check_backbone_names(config.model, config.pretrained)
     if protocol.datasets is not None and not protocol.datasets(config.dataset):
         raise ClipFitError(
             f"protocol {config.protocol!r} applies to {protocol.datasets_hint}, not to dataset {config.dataset!r}"
@@ -72,6 +75,10 @@ def resolve(config: RunConfig) -> RunConfig:
     }
     options = typed_fields(method_cls.config_class, options, f"method {config.method!r}: option")
     method_config(config.method, options)
+    # Built on a weightless skeleton, a method that cannot apply to these towers says why, as `clipfit params` does.
+    reason = inapplicable_reason(config.method, skeleton_backbone(config.model, config.pretrained), options)
+    if reason is not None:
+        raise ClipFitError(f"method {config.method!r} does not apply to {config.model}: {reason}")
     if protocol.evaluates_unseen and not method_cls.classifies_unseen(options):
         fix = (
             " or --type vision-language"
@@ -84,6 +91,8 @@ def resolve(config: RunConfig) -> RunConfig:
             f"not train on (its classifier holds the training classes only), so it has no {result} "
             f"result: use --protocol few-shot{fix}"
         )
+    if config.templates is not None:  # a method that refuses an ensemble says why, before anything runs
+        method_cls.check_templates_role(options)
     optim = complete(config.optim, method_cls.optim_defaults(config.protocol, config.dataset, config.shots))
     if optim.iterations is not None and optim.schedule == "cosine-epochs":
         raise ClipFitError(
@@ -97,6 +106,7 @@ def resolve(config: RunConfig) -> RunConfig:
         method_options=options,
         seeds=list(config.seeds),
         targets=targets,
+        templates=resolve_templates(config.templates),  # a file's templates themselves: its edits are new settings
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
         cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)),
         hflip=training_flips(config),
@@ -176,8 +186,15 @@ def fewshot_cache_dir(config: RunConfig, splits: data.DatasetSplits, seed: int) 
 
 def load_splits(config: RunConfig, seed: int) -> data.DatasetSplits:
     """The dataset with this seed's few-shot draw; a method that does not train needs no draw (and a
-    test-only dataset has nothing to draw from)."""
-    splits = data.load_dataset(config.dataset, config.data_root, template=config.template)
+    test-only dataset has nothing to draw from). A method that searches on validation reads the protocol's
+    `search_splits` where it has them (VTAB-1k: train800 and val200)."""
+    protocol = get_protocol(config.protocol)
+    if protocol.search_splits is not None and get_method(config.method).searches_on_validation(config.method_options):
+        splits = protocol.search_splits(config.dataset, config.data_root)
+        if config.template is not None:
+            splits = dataclasses.replace(splits, template=config.template)
+    else:
+        splits = data.load_dataset(config.dataset, config.data_root, template=config.template)
     if not method_regime(config.method, config.method_options).trains:
         return splits
     return data.fewshot(splits, config.shots, seed, cache_dir=fewshot_cache_dir(config, splits, seed))
@@ -223,6 +240,8 @@ def evaluate_named(
     described = {}
     for name, subset in sets.items():
         method.template = subset.template
+        if config.templates is not None:  # `clip`: each dataset's own CLIP set
+            method.set_templates(templates_for(config.templates, subset.name))
         method.set_classes(subset.classnames)
         result = evaluate(
             method,
@@ -359,7 +378,8 @@ def run_seed(
         if backbone is None:
             backbone = load_backbone(config.model, config.pretrained, device=check_device(config.device))
         torch.manual_seed(seed)  # a method's random initialisation (CoOp's context) is the seed's
-        method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options)
+        method = build_method(config.method, backbone, train_splits.classnames, config.template, config.method_options,
+                              templates=templates_for(config.templates, config.dataset))
         # The summary and the completion marker go first, so that no crash from here on leaves a seed that
         # looks finished.
         update_summary(config, [], drop=seed)

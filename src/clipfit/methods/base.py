@@ -125,6 +125,14 @@ class Method(nn.Module):
     # "beta" (CLIPFit's regulariser weight), "type" (the PEFT-for-CLIP study's classifier, `HeadConfig`). An
     # option of the same name not listed here is another quantity (Tip-Adapter's beta): `--option` only.
     cli_shortcuts: ClassVar[tuple[str, ...]] = ()
+    # What a prompt ensemble (`--templates`, `set_templates`) replaces in this method (`templates_role`, which
+    # options may change): "classifier", its classifier is the frozen text tower's features of a hand-written
+    # template, averaged over the ensemble instead (zero-shot, the adapters; declared only where nothing of
+    # the text tower trains); "target", its classifier is learned or trained from the single template, and
+    # the ensemble replaces that template in the frozen features it is pulled toward (CLIPFit's and KgCoOp's
+    # targets, ProGrad's teacher); None, refused, `ensemble_refusal` saying why in one line.
+    ensemble_role: ClassVar[str | None] = None
+    ensemble_refusal: ClassVar[str] = "it does not say what a prompt ensemble would replace in it"
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, config: MethodConfig):
         super().__init__()
@@ -137,6 +145,10 @@ class Method(nn.Module):
         # Remarks for the user about how the method applies to this backbone.
         self.notes: list[str] = []
         self.classnames = list(classnames)  # the training classes, for modules sized by them
+        # The prompt ensemble (`set_templates`): its templates, their role here, the features of a "classifier".
+        self.templates: list[str] | None = None
+        self._ensemble_role: str | None = None
+        self._ensemble_cache: tuple | None = None
         self.add_modules()
         self.set_classes(classnames)
 
@@ -205,18 +217,63 @@ class Method(nn.Module):
         """The text of each class's prompt (the template filled with the class name)."""
         return [self.template.format(name) for name in classnames]
 
+    def hand_written_prompts(self, template: str) -> list[str]:
+        """A hand-written ``template`` filled with each current class name: the prompts of a prompt
+        ensemble's template, and of a frozen target's (the prompt learners read underscores as spaces)."""
+        return [template.format(name) for name in self.classnames]
+
     def _check_prompt_lengths(self) -> None:
         """The tokenizer would silently cut a prompt longer than the text tower's context, dropping its
-        end (the class name, often) and making prompts identical: refuse it, naming the class."""
+        end (the class name, often) and making prompts identical: refuse it, naming the class (and the
+        ensemble's template that makes it too long)."""
         tokenizer = self.backbone.tokenizer
         context, encode = getattr(tokenizer, "context_length", None), getattr(tokenizer, "encode", None)
         if context is None or encode is None:  # a Hugging Face tokenizer: no token count to check
             return
-        for name, prompt in zip(self.classnames, self.prompts):
-            length = len(encode(prompt)) + 2  # start- and end-of-text tokens
-            if length > context:
-                raise ClipFitError(f"class {name!r}: prompt {prompt!r} is {length} tokens, longer than the text "
-                                   f"tower's context of {context}; shorten the class name or {self.prompt_source}")
+        checks = [(self.prompts, self.prompt_source)]
+        checks += [(self.hand_written_prompts(t), f"template {t!r} of --templates") for t in self.templates or ()]
+        for prompts, source in checks:
+            for name, prompt in zip(self.classnames, prompts):
+                length = len(encode(prompt)) + 2  # start- and end-of-text tokens
+                if length > context:
+                    raise ClipFitError(f"class {name!r}: prompt {prompt!r} is {length} tokens, longer than the text "
+                                       f"tower's context of {context}; shorten the class name or {source}")
+
+    @classmethod
+    def templates_role(cls, options: dict) -> str | None:
+        """What a prompt ensemble replaces in this method with these options (see `ensemble_role`):
+        "classifier", "target", or None when it is refused."""
+        return cls.ensemble_role
+
+    @classmethod
+    def templates_refusal(cls, options: dict) -> str:
+        """Why this method, with these options, refuses a prompt ensemble (one line)."""
+        return cls.ensemble_refusal
+
+    @classmethod
+    def check_templates_role(cls, options: dict) -> str:
+        """`templates_role` with these options; `ClipFitError` in one line saying why when it is refused."""
+        role = cls.templates_role(options)
+        if role is None:
+            raise ClipFitError(f"--templates does not apply to method {cls.name!r}: {cls.templates_refusal(options)}")
+        return role
+
+    def set_templates(self, templates: list[str] | None) -> None:
+        """Use a prompt ensemble from now on: ``templates`` (each checked as `check_template` does) filled
+        with every class name, their features averaged as CLIP does (`ensemble_features`), for what
+        `templates_role` says they replace; None: the single template again. `ClipFitError` when the method
+        refuses an ensemble, a template is bad, or a prompt would be longer than the text tower's context."""
+        if templates is None:
+            role = None
+        else:
+            role = self.check_templates_role(dataclasses.asdict(self.config))
+            templates = list(templates)
+            if not templates:
+                raise ClipFitError("--templates: a prompt ensemble needs at least one template")
+            for template in templates:
+                check_template(template)
+        self.templates, self._ensemble_role, self._ensemble_cache = templates, role, None
+        self.set_classes(self.classnames)  # checks the ensemble's prompts
 
     def backbone_parameters(self) -> dict[str, nn.Parameter]:
         """Backbone tensors the method trains, by their key in the backbone's state dict."""
@@ -268,6 +325,13 @@ class Method(nn.Module):
         return None
 
     @classmethod
+    def searches_on_validation(cls, options: dict) -> bool:
+        """Whether the method, with these options, selects a hyperparameter on the validation split (the
+        linear probe's C, Tip-Adapter's alpha and beta), so that a protocol with a split kept for that
+        search (VTAB-1k's train800 / val200) gives it that split."""
+        return False
+
+    @classmethod
     def classifies_unseen(cls, options: dict) -> bool:
         """Whether the method, with these options, builds its classifier from class names alone (so can
         classify classes it never trained on); a method with a linear head (`--type vision`) cannot."""
@@ -280,8 +344,28 @@ class Method(nn.Module):
     # softmax and normalisation in bf16).
 
     def class_features(self) -> torch.Tensor:
-        """Unit-norm fp32 text features of the class prompts [classes, dim]."""
+        """Unit-norm fp32 text features of the class prompts [classes, dim]; with a prompt ensemble in the
+        "classifier" role, the ensemble's (`ensemble_features`), computed once per class list, templates,
+        weight dtype and device (the text tower of such a method never trains)."""
+        if self._ensemble_role == "classifier":
+            weight = next(self.clip.parameters())
+            key = (tuple(self.classnames), tuple(self.templates), weight.dtype, weight.device)
+            if self._ensemble_cache is None or self._ensemble_cache[0] != key:
+                self._ensemble_cache = (key, self.ensemble_features())
+            return self._ensemble_cache[1]
         return self.backbone.encode_text(self.prompt_tokens)
+
+    def ensemble_features(self, templates: list[str] | None = None) -> torch.Tensor:
+        """CLIP's prompt ensemble of the current classes, unit-norm fp32 [classes, dim]: each of ``templates``
+        (default: the method's own, `templates`) filled with every class name (`hand_written_prompts`),
+        encoded by the text tower as it is now, without a graph, one template at a time, and averaged
+        (`average_over_templates`)."""
+        templates = self.templates if templates is None else templates
+        if not templates:
+            raise ClipFitError(f"method {self.name!r}: no templates to average")
+        with torch.no_grad():
+            return average_over_templates(
+                [self.backbone.encode_text(self.backbone.tokenize(self.hand_written_prompts(t))) for t in templates])
 
     def _image_input_dtype(self, images: torch.Tensor) -> torch.dtype:
         """The dtype the image tower's first Conv/Linear holds (fp16 under the reference's fp16 weights,
@@ -348,21 +432,23 @@ class Method(nn.Module):
             raise ClipFitError(f"method {self.name!r} cannot be exported for plain open_clip: its learned prompts "
                                "change how the towers run; classify with its run folder: "
                                "clipfit predict --run SEED_FOLDER")
-        return "open_clip", self.clip.state_dict(), {}, {}
+        # A prompt ensemble classifies with the averaged features, which the class prompts alone do not give.
+        extra = {"class_features": self.class_features()} if self._ensemble_role == "classifier" else {}
+        return "open_clip", self.clip.state_dict(), extra, {}
 
     def save_pretrained(self, path: str | Path, *, precision: str = "fp32", options: dict | None = None) -> Path:
         """Write this method's adapter file (peft's name): `adapter_state` with the metadata that rebuilds it
         from its base weights alone (architecture, pretrained tag and fingerprint, method and ``options``,
-        by default every field of its config; the training classes; template; the ``precision`` it was
-        trained in). ``path``: a file, or a folder to hold `adapter.safetensors`. Written atomically;
-        returns the file's path. `from_pretrained` reads it back."""
+        by default every field of its config; the training classes; template; the prompt ensemble's
+        templates, if any; the ``precision`` it was trained in). ``path``: a file, or a folder to hold
+        `adapter.safetensors`. Written atomically; returns the file's path. `from_pretrained` reads it back."""
         path = Path(path)
         if path.is_dir():
             path = path / ADAPTER_FILE
         info = AdapterInfo(
             model=self.backbone.model_name, pretrained=self.backbone.pretrained, method=self.name,
             method_options=dataclasses.asdict(self.config) if options is None else options,
-            classnames=self.classnames, template=self.template,
+            classnames=self.classnames, template=self.template, templates=self.templates,
             weights=weights_fingerprint(self.backbone.model_name, self.backbone.pretrained), precision=precision,
         )
         save_adapter(path, self.adapter_state(), info)
@@ -392,7 +478,8 @@ class Method(nn.Module):
                                f"{backbone.model_name} {backbone.pretrained}")
         from .registry import build_method  # the registry imports this module
 
-        method = build_method(info.method, backbone, info.classnames, info.template, info.method_options)
+        method = build_method(info.method, backbone, info.classnames, info.template, info.method_options,
+                              templates=info.templates)
         apply_precision(method, precision or info.precision)  # the weight layout it was trained and measured in
         method.load_adapter_state(tensors, source=str(path))
         method.eval()
@@ -420,6 +507,20 @@ def require_prepared(method: Method, attribute: str) -> None:
     """`ClipFitError` when the target that `prepare_training` computes is missing."""
     if getattr(method, attribute, None) is None:
         raise ClipFitError(f"{method.name}: prepare_training() must run before the first step")
+
+
+def average_over_templates(features: list[torch.Tensor]) -> torch.Tensor:
+    """CLIP's prompt ensemble: unit-norm features [classes, dim] of each template's prompts, averaged over
+    the templates and L2-normalised again, in fp32 (Radford et al., ICML 2021, Sec. 3.1.4; openai/CLIP
+    @d05afc4 `notebooks/Prompt_Engineering_for_ImageNet.ipynb`, `zeroshot_classifier`). One template: its
+    features as they are, bit for bit (renormalising a unit vector could move its last bit). `ValueError`
+    for no features."""
+    if not features:
+        raise ValueError("average_over_templates: no templates' features")
+    if len(features) == 1:
+        return features[0]
+    with fp32(features[0].device):
+        return normalize_fp32(torch.stack([f.float() for f in features]).mean(dim=0))
 
 
 def feature_distance(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ every C tried (the smaller C on ties). lpclip keeps the better endpoint of the l
 worse on validation than an earlier one; the CLIP paper's intent is the best on validation. Fitted on the
 training images only (lpclip; the CLIP paper refits on train+val). Our few-shot images are Dassl's draw
 (the one every method here sees), not lpclip's own numpy draw. 513 x C parameters on ViT-B/16. A linear
-head cannot classify classes it did not train on: no base-to-new.
+head cannot classify classes it did not train on: no base-to-new. No text features: `--templates` is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbone import image_feature_dim
 from ..errors import ClipFitError
 from ..text_encoding import fp32
 from .base import Method, MethodConfig, Regime
@@ -55,14 +56,19 @@ class LinearProbe(FrozenFeatureMixin, Method):
     description = ("linear probe (Radford et al., 2021; CoOp's lpclip): logistic regression on frozen image features, "
                    "C searched on validation")
     config_class = LinearProbeConfig
+    ensemble_refusal = "it classifies with a linear head on the image features, without text features to average"
     classifies_unseen_classes = False
 
     @classmethod
     def training_regime(cls, config):
         return Regime(fit=True, optimise=None, views=0)  # the un-augmented training images, once
 
+    @classmethod
+    def searches_on_validation(cls, options):
+        return True  # C
+
     def add_modules(self):
-        self.head = nn.Linear(self.clip.visual.output_dim, len(self.classnames)).requires_grad_(False)
+        self.head = nn.Linear(image_feature_dim(self.clip), len(self.classnames)).requires_grad_(False)
         nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
 
     def parameter_groups(self):

@@ -23,6 +23,11 @@ validation with the tuned keys. The official code keeps the epoch with the best 
 the better of that and the searched model; ours keeps the last epoch and selects only on validation.
 Default augmentation "cached-views" (the cache's 10 views, one drawn per image and epoch) is approximate:
 the official draws a fresh augmentation every epoch ("fresh").
+
+A prompt ensemble (`--templates`) is W, the zero-shot classifier of both (the cache is unchanged), as the
+official code builds W: `utils.py` `clip_classifier` averages each dataset's template list
+(`datasets/*.py`), one template but for ImageNet's 7 (`datasets/imagenet.py`: `--templates clip-imagenet-7`);
+our default is the dataset's one template.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone import image_feature_dim
 from ..errors import ClipFitError
 from ..text_encoding import fp32, normalize_fp32
 from .base import Method, MethodConfig, Regime
@@ -81,9 +87,10 @@ class TipAdapter(FrozenFeatureMixin, Method):
                    "alpha/beta searched on validation")
     config_class = TipAdapterConfig
     classifies_unseen_classes = False
+    ensemble_role = "classifier"  # W, the zero-shot classifier the cache logits add to
 
     def add_modules(self):
-        dim = self.clip.visual.output_dim
+        dim = image_feature_dim(self.clip)
         # Sized by the few-shot set in `fit`; an adapter file's shapes when loaded.
         self.register_buffer("cache_keys", torch.zeros(0, dim))
         self.register_buffer("cache_values", torch.zeros(0, len(self.classnames)))
@@ -94,6 +101,10 @@ class TipAdapter(FrozenFeatureMixin, Method):
     @classmethod
     def training_regime(cls, config):
         return Regime(fit=True, optimise=None, views=config.views)  # the cache's views
+
+    @classmethod
+    def searches_on_validation(cls, options):
+        return options.get("search", True)  # alpha and beta
 
     def parameter_groups(self):
         return {}
@@ -165,7 +176,7 @@ class TipAdapterF(TipAdapter):
 
     def add_modules(self):
         super().add_modules()
-        dim = self.clip.visual.output_dim
+        dim = image_feature_dim(self.clip)
         del self.cache_keys
         self.cache_keys = nn.Parameter(torch.zeros(0, dim))
 
