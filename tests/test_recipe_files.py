@@ -22,12 +22,18 @@ pytestmark = pytest.mark.contract
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "recipes_before_yaml.json").read_text(encoding="utf-8"))
 # The protocols announced beside the registered ones; a rule may name them before they are registered.
 ANNOUNCED_PROTOCOLS = {"cross-dataset", "distribution-shift"}
-# Cells of the snapshot whose recipe has changed on purpose since, by (method, dataset), with the change;
-# `test_the_studys_vtab_recipes` holds their new values.
+# Cells of the snapshot whose recipe has changed on purpose since, as (method, protocol, dataset) with None for
+# any, each with the change; `test_the_studys_vtab_recipes` and `test_kgcoops_transfer_recipe` hold the new values.
 CHANGED_SINCE = {
-    (method, "vtab-dtd"): "the PEFT-for-CLIP study's per-task VTAB-1k recipes (vtab-dtd was then unregistered)"
-    for method in ("clip-adapter", "vpt-shallow", "vpt-deep")
+    **{(method, None, "vtab-dtd"): "the PEFT-for-CLIP study's per-task VTAB-1k recipes (vtab-dtd was then unregistered)"
+       for method in ("clip-adapter", "vpt-shallow", "vpt-deep")},
+    **{(method, protocol, None): "KgCoOp's one ViT-B/16 config (batch 128) for the transfer protocols"
+       for method in ("kgcoop", "kgcoop+ln") for protocol in ("cross-dataset", "distribution-shift")},
 }
+
+
+def changed_since(method: str, protocol: str, dataset: str) -> bool:
+    return any((method, p, d) in CHANGED_SINCE for p in (protocol, None) for d in (dataset, None))
 
 
 def exact(value) -> str:
@@ -52,7 +58,7 @@ def test_recipe_files_reproduce_the_python_branches(method):
     for protocols, datasets, shots, optim, options in rows:
         for p in protocols:
             for d in datasets:
-                if (method, d) in CHANGED_SINCE:
+                if changed_since(method, p, d):
                     continue
                 for s in shots:
                     got = recipe_defaults(method, p, d, s)
@@ -234,3 +240,9 @@ def test_the_studys_vtab_recipes(method, task, expected):
         assert optim["optimizer"] == "adamw" and options["ratio"] == 0.5
     else:
         assert optim["optimizer"] == "sgd" and options["num_tokens"] == tokens
+
+
+@pytest.mark.parametrize("protocol", ["cross-dataset", "distribution-shift"])
+def test_kgcoops_transfer_recipe_is_its_config_as_shipped(protocol):
+    optim, options = recipe_defaults("kgcoop", protocol, "imagenet", 16)
+    assert (optim["batch_size"], optim["epochs"], optim["lr"]) == (128, 100, 0.002) and options == {}
