@@ -99,3 +99,23 @@ def test_a_method_that_searches_on_validation_trains_on_train800_and_searches_on
     assert len(lp.train) == 3 * 3 and len(lp.val) == 3 * 2  # train800 and val200
     assert {s.path for s in lp.train}.isdisjoint(s.path for s in lp.val)
     assert len(zs.train) == 3 * 5 and [s.path for s in lp.test] == [s.path for s in zs.test]  # test.txt for both
+
+
+def test_the_vtab_protocol_trains_on_the_evaluation_transform_unless_told_otherwise(tmp_path):
+    from clipfit.config import RunConfig
+    from clipfit.runner import image_datasets, resolve
+    from clipfit.store import setting
+
+    common = {"method": "clipfit", "model": TINY_MODEL, "pretrained": "none", "data_root": str(tmp_path),
+              "out": str(tmp_path / "o")}
+    vtab = resolve(RunConfig(dataset="vtab-dtd", protocol="vtab", **common))
+    assert vtab.augment is False and setting(vtab)["augment"] is False
+    few_shot = resolve(RunConfig(dataset="eurosat", **common))
+    # On by default elsewhere, and left out of the identity, so runs recorded before the field keep theirs.
+    assert few_shot.augment is True and "augment" not in setting(few_shot)
+    assert resolve(RunConfig(dataset="vtab-dtd", protocol="vtab", augment=True, **common)).augment is True
+    skeleton = backbone.load_backbone(TINY_MODEL, "none")
+    train, test = image_datasets(skeleton, vtab)
+    assert repr(train([]).transform) == repr(test([]).transform)
+    train, test = image_datasets(skeleton, few_shot)
+    assert "RandomResizedCrop" in repr(train([]).transform) and "RandomResizedCrop" not in repr(test([]).transform)

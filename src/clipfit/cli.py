@@ -163,6 +163,12 @@ def _train_parser(sub) -> None:
         help="random horizontal flips in training (default: yes, unless the dataset is not mirror-invariant)",
     )
     p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="augment training images at all (random resized crops, flips); --no-augment trains on the evaluation "
+        "transform (default: yes, except for --protocol vtab, as VTAB-1k's papers)",
+    )
+    p.add_argument(
         "--image-cache",
         choices=IMAGE_CACHES,
         help="decoded (default, exact): keep decoded full-resolution training images within --image-cache-mb; "
@@ -228,6 +234,7 @@ def _config_from_args(args):
         "num_workers": args.num_workers,
         "out": args.out,
         "hflip": args.hflip,
+        "augment": args.augment,
         "image_cache": args.image_cache,
         "image_cache_mb": args.image_cache_mb,
         "cache_dir": args.cache_dir,
@@ -274,7 +281,9 @@ def _config_from_args(args):
 
 
 # Flags that only mean something to a method that trains.
-TRAINING_FLAGS = ("shots", "epochs", "iterations", "batch_size", "lr", "beta", "hflip", "image_cache", "image_cache_mb")
+TRAINING_FLAGS = (
+    "shots", "epochs", "iterations", "batch_size", "lr", "beta", "hflip", "augment", "image_cache", "image_cache_mb"
+)
 
 
 def cmd_train(args) -> None:

@@ -167,6 +167,9 @@ class RunConfig:
     crop_scale: tuple[float, float] | None = None
     # Random horizontal flips in training; None: the paper's flips, unless the dataset is not mirror-invariant.
     hflip: bool | None = None
+    # Whether training images are augmented at all (the random crops and flips above); None: the protocol's
+    # (off for vtab: VTAB-1k's papers and the PEFT-for-CLIP study train on the evaluation transform).
+    augment: bool | None = None
     eval_batch_size: int = 100
     # How training images are kept between epochs (see IMAGE_CACHES and data.ImageDataset).
     image_cache: str = "decoded"

@@ -53,6 +53,8 @@ class Protocol:
     # searches and is tested on, when that differs from what `load_dataset` reads (VTAB-1k: train800 and
     # val200, then test.txt); None: the same splits as every method.
     search_splits: Callable[[str, str], data.DatasetSplits] | None = None
+    # Whether training images are augmented by default (`RunConfig.augment`).
+    augment: bool = True
 
     @property
     def transfers(self) -> bool:
@@ -151,10 +153,13 @@ register_protocol(Protocol(
     train_classes=_all_classes,
     eval_sets=lambda splits: {"accuracy": splits},
     datasets=lambda name: data.get_spec(name).family == "vtab-1k",
-    datasets_hint="a VTAB-1k task (vtab-<task>; `clipfit datasets` lists them)",
+    datasets_hint="a VTAB-1k task (vtab-<task>; `clipfit data list` lists them)",
     description="a VTAB-1k task: train on train800val200 (or K shots of it), test on its test list; "
     "a method that searches on validation trains on train800 and searches on val200",
     search_splits=vtab_search_splits,
+    # VPT's VTAB-1k runs (KMnP/vpt: resize to 224, no crop or flip) and the PEFT-for-CLIP study (the
+    # backbone's own preprocess for training too) augment nothing.
+    augment=False,
 ))
 
 

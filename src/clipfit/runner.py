@@ -110,6 +110,7 @@ def resolve(config: RunConfig) -> RunConfig:
         data_root=os.path.abspath(os.path.expanduser(config.data_root or str(default_data_root()))),
         cache_dir=config.cache_dir and os.path.abspath(os.path.expanduser(config.cache_dir)),
         hflip=training_flips(config),
+        augment=get_protocol(config.protocol).augment if config.augment is None else config.augment,
         crop_scale=training_crop_scale(config),
     )
     validate(resolved)
@@ -211,10 +212,12 @@ def image_datasets(backbone: Backbone, config: RunConfig):
         "resized-approximate": {"cache_bytes": config.image_cache_mb * 2**20, "resize_short_side": p.image_size},
         "none": {},
     }[config.image_cache]
-    train_tf = data.train_transform(
-        p.image_size, p.mean, p.std, crop_scale=training_crop_scale(config), hflip=training_flips(config)
-    )
     test_tf = data.test_transform(p.image_size, p.mean, p.std)
+    train_tf = test_tf
+    if config.augment is not False:
+        train_tf = data.train_transform(
+            p.image_size, p.mean, p.std, crop_scale=training_crop_scale(config), hflip=training_flips(config)
+        )
     return (
         lambda samples: data.ImageDataset(samples, train_tf, **cache),
         lambda samples: data.ImageDataset(samples, test_tf),
@@ -394,6 +397,8 @@ def run_seed(
             f"recipe {RECIPE_VERSION} (data, loaders and frozen backbone; "
             "each method's optimiser is in the config above)"
         )
+        if config.augment is False and method.regime.trains:
+            log("training images are not augmented (augment=false): they get the evaluation transform")
         if config.image_cache == "resized-approximate":
             log(
                 "image_cache=resized-approximate is APPROXIMATE: training crops are cut from images resized to the "

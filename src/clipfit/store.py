@@ -54,12 +54,13 @@ NOT_IDENTITY = (
 
 
 # What only a method that trains reads: for one that does not (zero-shot) these are not its identity.
-TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "image_cache")
+TRAINING_ONLY = ("shots", "optim", "crop_scale", "hflip", "augment", "image_cache")
 
 
-# Config fields added after runs were recorded without them, with their default: left out of the identity
-# while at that default, so that the earlier runs keep their folder names and are still reused.
-ADDED_LATER = {"targets": None, "templates": None}
+# Config fields added after runs were recorded without them, with the values that mean what those runs did:
+# left out of the identity while at one of them, so that the earlier runs keep their folder names and are
+# still reused (a run recorded before `augment` existed augmented its training images: None or True).
+ADDED_LATER = {"targets": (None,), "templates": (None,), "augment": (None, True)}
 
 
 def setting(config: RunConfig) -> dict:
@@ -68,7 +69,7 @@ def setting(config: RunConfig) -> dict:
     return {
         k: v
         for k, v in json.loads(config.to_json()).items()
-        if k not in ignored and not (k in ADDED_LATER and v == ADDED_LATER[k])
+        if k not in ignored and not (k in ADDED_LATER and v in ADDED_LATER[k])
     }
 
 
