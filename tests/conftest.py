@@ -43,6 +43,33 @@ def make_coop_eurosat(
     return root
 
 
+VTAB_LISTS = ("train800", "val200", "test")
+
+
+def make_vtab_task(
+    root: Path, folder: str = "vtab-1k/eurosat", n_classes: int = 3, per_list: tuple[int, int, int] = (4, 2, 3),
+    seed: int = 0,
+) -> Path:
+    """A small VTAB-1k task as NOAH's get_vtab1k.py exports one: ``<root>/<folder>/images/<list>/000000.png``
+    and the four lists ``<list>.txt`` of ``images/<list>/<i>.png <label>`` lines; train800val200 lists
+    train800's labels then val200's, with images of its own under images/train800val200/ (the export writes
+    each list's images apart). Returns the data root."""
+    rng = np.random.default_rng(seed)
+    task = root / folder
+    rows: dict[str, list[tuple[int, int]]] = {}  # list -> (colour class, label) per image, in order
+    for name, count in zip(VTAB_LISTS, per_list):
+        rows[name] = [(label, label) for label in range(n_classes) for _ in range(count)]
+    rows["train800val200"] = rows["train800"] + rows["val200"]
+    for name, images in rows.items():
+        lines = []
+        for i, (colour, label) in enumerate(images):
+            rel = f"images/{name}/{i:06d}.png"
+            write_image(task / rel, CLASS_COLOURS[colour % len(CLASS_COLOURS)], rng, size=16)
+            lines.append(f"{rel} {label}\n")
+        (task / f"{name}.txt").write_text("".join(lines))
+    return root
+
+
 @pytest.fixture
 def eurosat_root(tmp_path: Path) -> Path:
     return make_coop_eurosat(tmp_path / "data")

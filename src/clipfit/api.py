@@ -9,7 +9,6 @@ api.predict("runs/mine/seed1", ["cat.jpg"])
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import open_clip
 import torch
 
 from . import data
-from .backbone import Backbone, Preprocess, build_skeleton
+from .backbone import backbone_notes, skeleton_backbone
 from .config import OptimConfig, RunConfig
 from .defaults import default_data_root
 from .errors import ClipFitError
 from .methods import build_method, get_method
 from .protocols import get_protocol
 from .runner import evaluate_sets, evaluate_targets, image_datasets, load_adapter, load_run, load_targets, run
+from .templates import check_templates, resolve_templates
 
 __all__ = [
     "RunConfig",
@@ -51,34 +51,28 @@ def replace_config(config: RunConfig, *, optim: dict | None = None, **fields) ->
     return dataclasses.replace(config, optim=new_optim, **fields)
 
 
-@functools.lru_cache(maxsize=2)
-def _skeleton(model: str):
-    """One weightless skeleton per architecture, shared by the counts (a method only flags its tensors)."""
-    return build_skeleton(model)
-
-
 def count_parameters(method: str, model: str, protocol: str = "base2new") -> dict[str, int]:
-    """Trainable parameters per group for `method` on architecture `model` with the method's defaults for
-    `protocol` (CoOp: 4 context vectors for base-to-new, 16 for few-shot), without loading weights:
-    {"groups": {group: count}, "notes": [...]}."""
-    skeleton = _skeleton(model)
+    """Trainable parameters per group for `method` on architecture `model` (an open_clip architecture, or a
+    Hugging Face CLIPModel folder) with the method's defaults for `protocol` (CoOp: 4 context vectors for
+    base-to-new, 16 for few-shot), without loading weights: {"groups": {group: count}, "notes": [...]}
+    (the method's notes, then the backbone's, `model_notes`). `ClipFitError` with the one-line reason when
+    the method cannot apply to the architecture (a ResNet image tower for visual prompts)."""
     cls = get_method(method)
-    backbone = Backbone(
-        model=skeleton,
-        tokenizer=open_clip.get_tokenizer(model),
-        preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
-        model_name=model,
-        pretrained="none",
-    )
+    backbone = skeleton_backbone(model)
     options = cls.protocol_defaults(protocol, "imagefolder")
     instance = build_method(method, backbone, ["class"], "{}", options)
-    notes = list(instance.notes)
+    notes = list(instance.notes) + backbone_notes(backbone.model)
     if not cls.classifies_unseen(options):
         notes.append(
             "its classifier holds the training classes (a head or cache sized by them): counted here for one "
             "class; no base-to-new"
         )
     return {"groups": instance.parameter_groups(), "notes": notes}
+
+
+def model_notes(model: str) -> list[str]:
+    """What holds for every method on architecture `model` (a SigLIP logit bias, a timm image tower)."""
+    return backbone_notes(skeleton_backbone(model).model)
 
 
 def evaluate_run(
@@ -88,13 +82,23 @@ def evaluate_run(
     data_root: str | None = None,
     split: str | None = None,
     template: str | None = None,
+    templates: str | list[str] | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, float]:
     """Accuracy (%) of a tuned run: on its own test sets by default (a transfer protocol's targets
     included), or on another dataset (all its classes). Returns the metrics, with ``test_sets`` naming
-    what each one was (`runner.evaluate_named`)."""
+    what each one was (`runner.evaluate_named`).
+
+    ``templates``: a prompt ensemble instead of the run's (`clipfit.templates`: a named set, a file or a
+    list; `ClipFitError` from a method that refuses one); None: the run's own, where ``clip`` names the
+    CLIP set of whichever dataset is evaluated and a file's templates or another named set stay as
+    recorded."""
     config, method = load_run(run_dir, device)
+    if templates is not None:
+        check_templates(templates)
+        get_method(config.method).check_templates_role(config.method_options)  # one that refuses says why
+        config = dataclasses.replace(config, templates=resolve_templates(templates))
     name = dataset or config.dataset
     if dataset in data.GENERIC_FORMATS and data_root is None:
         raise ClipFitError(
@@ -205,3 +209,8 @@ def _weights_on_disk(model: str, tag: str) -> bool:
 
 def list_datasets() -> dict[str, str]:
     return {name: spec.title or name for name, spec in sorted(data.DATASETS.items())}
+
+
+def dataset_aliases() -> dict[str, str]:
+    """Every dataset alias (`clipfit.registry.Registry.register_alias`) and the dataset it names."""
+    return data.DATASETS.aliases()

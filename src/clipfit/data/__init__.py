@@ -23,12 +23,15 @@ from .registry import (
 )
 from .samples import DEFAULT_TEMPLATE, DatasetSplits, Sample, clean_classname
 from .transforms import test_transform, train_transform
+from .vtab import VTAB_GROUPS, VTAB_TASKS, VtabSpec, load_vtab_tuning, vtab_group  # registers VTAB-1k's tasks
 
 __all__ = [
     "DATASETS",
     "DEFAULT_TEMPLATE",
     "GENERIC_FORMATS",
     "IMAGE_EXTENSIONS",
+    "VTAB_GROUPS",
+    "VTAB_TASKS",
     "DataCheckReport",
     "DatasetReader",
     "DatasetSpec",
@@ -36,6 +39,7 @@ __all__ = [
     "Expectation",
     "ImageDataset",
     "Sample",
+    "VtabSpec",
     "check_dataset",
     "classes_short_of",
     "clean_classname",
@@ -45,10 +49,12 @@ __all__ = [
     "get_spec",
     "list_images",
     "load_dataset",
+    "load_vtab_tuning",
     "open_image",
     "register_dataset",
     "subsample_classes",
     "test_transform",
     "train_transform",
     "unreadable_images",
+    "vtab_group",
 ]

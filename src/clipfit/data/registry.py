@@ -93,11 +93,12 @@ def register_dataset(spec: DatasetSpec, *, registry: Registry[DatasetSpec] | Non
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The spec of a registered dataset or generic format; `DataError` naming close matches otherwise."""
+    """The spec of a registered dataset (by its name or an alias, `Registry.register_alias`) or generic
+    format; `DataError` naming close matches otherwise."""
     spec = DATASETS.get(name) or GENERIC_FORMATS.get(name)
     if spec is None:
         names = DATASETS.names() + GENERIC_FORMATS.names()
-        close = difflib.get_close_matches(name, names, n=3)
+        close = difflib.get_close_matches(name, names + list(DATASETS.aliases()), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise DataError(f"unknown dataset {name!r}{hint}; known: {', '.join(names)}")
     return spec
