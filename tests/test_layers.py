@@ -3,11 +3,11 @@
 Bottom to top (a module may import its own layer and those below it, never one above):
 
     0 foundations   clipfit (the package), errors, defaults, files, registry, plugins
-    1 config        config, recipes, readme, templates
-    2 backbones     backbone, text_encoding, precision, adapter; and data (clipfit.data.*)
+    1 config        config, recipes, readme, templates, published (the published tables, as data)
+    2 backbones     backbone, hf_checkpoint, text_encoding, precision, adapter; and data (clipfit.data.*)
     3 methods       methods (clipfit.methods.*), protocols
     4 training      engine, features
-    5 runs          runner, store (the run folders), export, report
+    5 runs          runner, store (the run folders), export, report, tables (tables of run folders)
     6 api           api, study (the PEFT-for-CLIP study's command line)
     7 cli           cli
 
@@ -29,10 +29,13 @@ LAYERS = {
     "clipfit": 0, "clipfit.errors": 0, "clipfit.defaults": 0, "clipfit.files": 0, "clipfit.registry": 0,
     "clipfit.plugins": 0,
     "clipfit.config": 1, "clipfit.recipes": 1, "clipfit.readme": 1, "clipfit.templates": 1,
+    "clipfit.published": 1,
     "clipfit.backbone": 2, "clipfit.text_encoding": 2, "clipfit.precision": 2, "clipfit.adapter": 2, "clipfit.data": 2,
+    "clipfit.hf_checkpoint": 2,
     "clipfit.methods": 3, "clipfit.protocols": 3,
     "clipfit.engine": 4, "clipfit.features": 4,
     "clipfit.runner": 5, "clipfit.store": 5, "clipfit.export": 5, "clipfit.report": 5,
+    "clipfit.tables": 5,
     "clipfit.api": 6, "clipfit.study": 6,
     "clipfit.cli": 7,
     "clipfit_world": 8,
@@ -129,7 +132,7 @@ def _loaded_by(statement: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["clipfit.config", "clipfit.registry", "clipfit.recipes", "clipfit.plugins",
-                                    "clipfit.templates"])
+                                    "clipfit.templates", "clipfit.published"])
 def test_the_config_layer_loads_no_torch_open_clip_or_matplotlib(module):
     loaded = {name.split(".")[0] for name in _loaded_by(f"import {module}")}
     assert loaded.isdisjoint({"torch", "open_clip", "matplotlib", "numpy", "clipfit_world"})

@@ -530,8 +530,8 @@ json_values = st.recursive(
     max_leaves=6,
 )
 FIELDS = ["method", "method_options", "model", "pretrained", "dataset", "data_root", "protocol", "shots", "seeds",
-          "template", "optim", "crop_scale", "hflip", "eval_batch_size", "image_cache", "image_cache_mb", "precision",
-          "num_workers", "device", "out", "cache_dir", "check_images", "no_such_field"]
+          "template", "templates", "optim", "crop_scale", "hflip", "eval_batch_size", "image_cache", "image_cache_mb",
+          "precision", "num_workers", "device", "out", "cache_dir", "check_images", "no_such_field"]
 OPTIM_FIELDS = ["epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "optimizer",
                 "schedule", "iterations", "min_lr", "eps"]
 

@@ -37,8 +37,12 @@ class AdapterInfo:
     template: str
     weights: str = ""  # backbone.weights_fingerprint of the base weights it was trained on
     precision: str = "fp32"  # the weight layout it was trained and measured in (engine.PRECISIONS)
+    # The prompt ensemble it classifies or was trained with (`Method.set_templates`); None: the template alone.
+    # Recorded only when there is one, so files without one are as before.
+    templates: list[str] | None = None
 
     def to_metadata(self) -> dict[str, str]:
+        ensemble = {} if self.templates is None else {"templates": json.dumps(self.templates)}
         return {
             "format": FORMAT,
             "clipfit_version": __version__,
@@ -50,6 +54,7 @@ class AdapterInfo:
             "template": self.template,
             "weights": self.weights,
             "precision": self.precision,
+            **ensemble,
         }
 
     @classmethod
@@ -71,6 +76,7 @@ class AdapterInfo:
                 template=meta["template"],
                 weights=meta.get("weights", ""),
                 precision=meta.get("precision", "fp32"),
+                templates=json.loads(meta["templates"]) if "templates" in meta else None,
             )
         except (KeyError, json.JSONDecodeError) as err:
             raise ClipFitError(f"{path}: adapter metadata is malformed ({err})") from err

@@ -7,6 +7,7 @@ import ast
 import contextlib
 import difflib
 import functools
+import hashlib
 import logging
 import os
 import pickle
@@ -23,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from . import hf_checkpoint
 from .errors import BackboneError
 from .files import file_sha256
 from .plugins import load_plugins
@@ -49,9 +51,11 @@ def register_builtin_weights(model_name: str, weights: Path, model_config_dir: P
 
 
 def architectures() -> list[str]:
-    """Every architecture name open_clip can build, those the installed plugins add included."""
+    """Every architecture name open_clip can build, those the installed plugins add included (not
+    `hf_checkpoint.HF_MODEL`, which names a Hugging Face folder's architecture even where an exported file
+    registered one under it)."""
     load_plugins()
-    return open_clip.list_models()
+    return [name for name in open_clip.list_models() if name != hf_checkpoint.HF_MODEL]
 
 
 @dataclass
@@ -146,12 +150,30 @@ def image_block_biases(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return _block_bias_owners(blocks)
 
 
+def image_feature_dim(model: nn.Module) -> int:
+    """Size of the image tower's output feature, the joint embedding (512 for ViT-B/16): open_clip's towers
+    record it as `output_dim`; a timm tower (EVA, ConvNeXt, SigLIP's) does not, and its feature has the
+    size of the text tower's (the two are compared by cosine)."""
+    dim = getattr(model.visual, "output_dim", None)
+    if isinstance(dim, int):
+        return dim
+    tower = text_tower(model)
+    projection = tower.text_projection
+    if isinstance(projection, nn.Linear):
+        return int(projection.out_features)
+    if isinstance(projection, torch.Tensor):
+        return int(projection.shape[-1])
+    return int(tower.ln_final.normalized_shape[-1])  # no projection: the text width is the embedding
+
+
 def vision_width(model: nn.Module) -> int:
     """Width of the image transformer's tokens (768 for ViT-B/16); `BackboneError` for a ResNet tower."""
     visual = model.visual
     if not _is_prompt_ready_vit(visual):
+        kind = "a timm tower: EVA, ConvNeXt, SigLIP" if type(visual).__name__ == "TimmModel" else "not a ViT"
         raise BackboneError(
-            f"{type(visual).__name__}: visual prompts need an open_clip VisionTransformer with class-token pooling"
+            f"{type(visual).__name__} ({kind}): visual prompts need an open_clip VisionTransformer with "
+            "class-token pooling"
         )
     return int(visual.class_embedding.shape[-1])
 
@@ -241,7 +263,39 @@ def check_model_name(model_name: str) -> None:
         raise _unknown_model(model_name)
 
 
+def hf_folder(pretrained: str | None) -> Path | None:
+    """The Hugging Face `CLIPModel` folder ``pretrained`` names (`clipfit.hf_checkpoint.hf_folder`), or None
+    (a tag, a checkpoint file, 'builtin', 'none')."""
+    if pretrained in (None, RANDOM_INIT, BUILTIN):
+        return None
+    return hf_checkpoint.hf_folder(pretrained)
+
+
+def _check_no_hf_model(model_name: str, pretrained: str | None) -> None:
+    """`BackboneError` for `hf_checkpoint.HF_MODEL` without a Hugging Face folder, naming the folder given."""
+    if model_name == hf_checkpoint.HF_MODEL and pretrained and Path(pretrained).expanduser().is_dir():
+        raise BackboneError(f"--pretrained {pretrained}: no {hf_checkpoint.CONFIG_FILE} in it, so not a Hugging Face "
+                            f"CLIPModel folder, which model {model_name!r} takes its architecture from")
+
+
+def check_backbone_names(model_name: str, pretrained: str | None) -> None:
+    """What can be checked of a backbone before anything is loaded, in one `BackboneError` line: an open_clip
+    architecture name; or, with a Hugging Face folder as ``pretrained``, its config.json (a CLIPModel that
+    open_clip can build), its weight files' presence, and ``model_name`` either `hf_checkpoint.HF_MODEL` or
+    an open_clip architecture that builds the same model."""
+    folder = hf_folder(pretrained)
+    if folder is None:
+        _check_no_hf_model(model_name, pretrained)
+        check_model_name(model_name)
+        return
+    hf_checkpoint.check_model_name(model_name, hf_checkpoint.architecture(folder))
+    hf_checkpoint.weight_files(folder)
+
+
 def _unknown_model(model_name: str) -> BackboneError:
+    if model_name == hf_checkpoint.HF_MODEL:
+        return BackboneError(f"model {model_name!r} is the architecture of a Hugging Face CLIPModel folder given as "
+                             "--pretrained; give the folder (config.json and model.safetensors or pytorch_model.bin)")
     close = difflib.get_close_matches(model_name, architectures(), n=5)
     hint = f" (close matches: {', '.join(close)})" if close else ""
     return BackboneError(
@@ -654,8 +708,14 @@ def load_backbone(
     cache_dir: str | None = None,
 ) -> Backbone:
     """Build a CLIP from an open_clip architecture name and `pretrained`: an open_clip tag (downloaded or
-    cached), a local checkpoint file, 'builtin' (weights shipped with this package) or 'none' (random init)."""
+    cached), a local checkpoint file, 'builtin' (weights shipped with this package), 'none' (random init), or
+    a Hugging Face `CLIPModel` folder (`clipfit.hf_checkpoint`: its config.json names the architecture, and
+    ``model_name`` is `hf_checkpoint.HF_MODEL` or an open_clip architecture that builds the same model)."""
     pretrained = pretrained or RANDOM_INIT
+    folder = hf_folder(pretrained)
+    if folder is not None:
+        return _load_hf_backbone(model_name, pretrained, folder, device)
+    _check_no_hf_model(model_name, pretrained)
     if model_name not in architectures():
         raise _unknown_model(model_name)
     force_quick_gelu = False
@@ -668,13 +728,15 @@ def load_backbone(
         if _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
             weights = Path(pretrained).expanduser()
             if weights.is_dir():
-                raise BackboneError(f"--pretrained {pretrained}: {weights} is a folder, not a checkpoint file")
+                raise BackboneError(f"--pretrained {pretrained}: no {hf_checkpoint.CONFIG_FILE} in it, so not a "
+                                    f"Hugging Face CLIPModel folder; {weights} is a folder, not a checkpoint file")
             if not weights.is_file():
                 raise BackboneError(f"checkpoint file not found: {weights}")
         else:
             local, tag_cfg = _resolve_tag(model_name, pretrained, cache_dir)
             weights = Path(local)
             force_quick_gelu = bool(tag_cfg.get("quick_gelu", False)) and "quickgelu" not in model_name
+    tokenizer = _tokenizer(model_name)  # before the model is built: one that must be fetched fails at once
     with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=force_quick_gelu)
@@ -693,8 +755,62 @@ def load_backbone(
         interpolation=cfg.get("interpolation", "bicubic"),
         resize_mode=cfg.get("resize_mode", "shortest"),
     )
-    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess,
+    return Backbone(model=model, tokenizer=tokenizer, preprocess=preprocess,
                     model_name=model_name, pretrained=pretrained)
+
+
+def _load_hf_backbone(model_name: str, pretrained: str, folder: Path, device: str | torch.device) -> Backbone:
+    arch = hf_checkpoint.architecture(folder)
+    hf_checkpoint.check_model_name(model_name, arch)
+    with torch.random.fork_rng(devices=[]):  # every tensor is then overwritten, but the draw stays the seed's
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = hf_checkpoint.load_model(folder, arch)
+    return Backbone(model=model.to(device).eval(), tokenizer=hf_checkpoint.tokenizer(arch),
+                    preprocess=Preprocess(**hf_checkpoint.preprocess_values(folder, arch)),
+                    model_name=model_name, pretrained=pretrained)
+
+
+def _hf_tokenizer_name(model_name: str) -> str | None:
+    """The Hugging Face tokenizer an open_clip architecture names (SigLIP's), None for open_clip's own."""
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    return text_cfg.get("hf_tokenizer_name") or None
+
+
+def _tokenizer_downloads(model_name: str) -> bool:
+    """Whether open_clip's tokenizer for the architecture is fetched: a Hugging Face one, or (a name with
+    "siglip" and none named) its SigLIP SentencePiece vocabulary, read from a URL."""
+    return _hf_tokenizer_name(model_name) is not None or "siglip" in model_name.lower()
+
+
+def _tokenizer(model_name: str):
+    """open_clip's tokenizer for the architecture. One that lives on the Hugging Face hub (SigLIP's) and is not
+    cached fails at once, in one line, when the hub is unreachable (transformers would retry for a minute)."""
+    repo = _hf_tokenizer_name(model_name)
+    if repo is not None:
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(repo, "tokenizer_config.json")
+        if not isinstance(cached, str) and not _hub_reachable("huggingface.co"):
+            raise BackboneError(f"the tokenizer of {model_name} ({repo} on the Hugging Face hub) is not cached and "
+                                "huggingface.co is unreachable (offline?)")
+    try:
+        return open_clip.get_tokenizer(model_name)
+    # A fetched tokenizer fails in the ways of its fetcher (hub, fsspec, transformers), all meaning "not here".
+    except Exception as err:
+        if not _tokenizer_downloads(model_name):
+            raise
+        raise BackboneError(f"cannot load the tokenizer of {model_name}: {_one_line(err)}") from err
+
+
+class _CountingTokenizer:
+    """Stands in for a tokenizer that would need a download (SigLIP's) in weightless skeletons: parameter
+    counts do not depend on token ids. Without `encode`, the prompt-length check is skipped."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+
+    def __call__(self, texts) -> torch.Tensor:
+        return torch.zeros(len(texts), self.context_length, dtype=torch.long)
 
 
 @functools.lru_cache(maxsize=32)
@@ -706,10 +822,18 @@ def _cached_file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
     """What identifies the base weights a run starts from: the SHA-256 of the file for built-in and local
     weights (the same name can hold other weights after an upgrade or a copy), the tag for open_clip's
-    released weights, the seed for random init."""
+    released weights, the seed for random init; for a Hugging Face folder, the SHA-256 of its config.json's
+    and its weight files' digests (the config sets the architecture and activation)."""
     pretrained = pretrained or RANDOM_INIT
     if pretrained == RANDOM_INIT:
         return f"random-init:{RANDOM_INIT_SEED}"
+    folder = hf_folder(pretrained)
+    if folder is not None:
+        lines = []
+        for path in hf_checkpoint.fingerprinted_files(folder):
+            stat = path.stat()
+            lines.append(f"{path.name} {_cached_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}\n")
+        return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
     if pretrained == BUILTIN:
         path = _builtin_weights(model_name)
     elif _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
@@ -725,8 +849,56 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
 
 
 def build_skeleton(model_name: str) -> nn.Module:
-    """The architecture without allocating weights (meta device): enough to count parameters."""
+    """The architecture without allocating weights (meta device): enough to count parameters. ``model_name``:
+    an open_clip architecture, or a Hugging Face `CLIPModel` folder (the architecture its config.json names)."""
+    folder = hf_checkpoint.hf_folder(model_name)
+    if folder is not None:
+        return hf_checkpoint.build_model(hf_checkpoint.architecture(folder), device="meta")
     if model_name not in architectures():
         raise _unknown_model(model_name)
     with _quiet_random_init_warning():
         return open_clip.create_model(model_name, pretrained=None, device="meta")
+
+
+def skeleton_backbone(model_name: str, pretrained: str | None = None) -> Backbone:
+    """A `Backbone` around a weightless skeleton (`build_skeleton`), enough to build a method on and count or
+    check what it trains, without weights or downloads: the architecture of ``model_name``, or of a Hugging
+    Face folder given as ``pretrained`` (or as ``model_name``; any other ``pretrained`` is not read). One per
+    architecture, shared: a method only flags its tensors. A tokenizer that would need a download is stood
+    in for (counts do not depend on token ids)."""
+    folder = hf_folder(pretrained)
+    return _skeleton_backbone(model_name, None if folder is None else str(folder))
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton_backbone(model_name: str, pretrained: str | None) -> Backbone:
+    folder = hf_folder(pretrained)
+    if folder is None:
+        model = build_skeleton(model_name)
+        folder = hf_checkpoint.hf_folder(model_name)
+    else:
+        check_backbone_names(model_name, pretrained)
+        model = hf_checkpoint.build_model(hf_checkpoint.architecture(folder), device="meta")
+    if folder is not None:
+        tokenizer = hf_checkpoint.tokenizer(hf_checkpoint.architecture(folder))
+    elif _tokenizer_downloads(model_name):
+        tokenizer = _CountingTokenizer(int(open_clip.get_model_config(model_name)["text_cfg"]["context_length"]))
+    else:
+        tokenizer = open_clip.get_tokenizer(model_name)
+    return Backbone(model=model, tokenizer=tokenizer, preprocess=Preprocess(224, (0, 0, 0), (1, 1, 1)),
+                    model_name=model_name, pretrained=pretrained or RANDOM_INIT)
+
+
+def backbone_notes(model: nn.Module) -> list[str]:
+    """What holds for every method on this CLIP, for `clipfit params`: how a SigLIP logit bias is treated and
+    what a timm image tower means for the methods that select by structure."""
+    notes = []
+    if getattr(model, "logit_bias", None) is not None:
+        notes.append("a SigLIP model (pretrained with a sigmoid loss and a logit bias): every method here trains and "
+                     "classifies with softmax cross-entropy over logit_scale * cosine; the logit bias adds the same "
+                     "to every class's logit, so it changes neither that loss nor any prediction, and stays frozen")
+    if type(model.visual).__name__ == "TimmModel":
+        notes.append(f"a timm image tower ({type(getattr(model.visual, 'trunk', model.visual)).__name__}): "
+                     "'image LayerNorms' are all of its nn.LayerNorm modules, 'image block biases' every bias "
+                     "in it; visual prompts (VPT, MaPLe) need open_clip's own ViT")
+    return notes

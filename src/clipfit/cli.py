@@ -477,9 +477,9 @@ plugins.register_command(
 def _table_show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUNS",
                    help="run folders (holding summary.json or seedN/metrics.json), or folders searched for them")
-    p.add_argument("--kind", nargs="+", metavar="KIND",
-                   help="base2new, few-shot, cross-dataset, distribution-shift, vtab or efficiency "
-                   "(default: one table per protocol the runs have)")
+    p.add_argument("--kind", action="append", metavar="KIND",
+                   help="base2new, few-shot, cross-dataset, distribution-shift, vtab or efficiency; repeat it for "
+                   "several (default: one table per protocol the runs have)")
     p.add_argument("--format", default="md", choices=("md", "csv"),
                    help="Markdown tables with footnotes, or CSV with one row per cell")
     p.add_argument("--out", type=Path, help="write to this file (atomically) instead of printing")

@@ -55,7 +55,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     tensors.update({EXTRA + k: v.detach().cpu().float().contiguous() for k, v in extra.items()})
     metadata = {
         "format": FORMAT, "form": form, "architecture": config.model, "pretrained": config.pretrained,
-        "model_config": json.dumps(_model_config(config.model)), "method": config.method,
+        "model_config": json.dumps(_model_config(config.model, config.pretrained)), "method": config.method,
         "method_options": json.dumps(config.method_options), "classnames": json.dumps(method.classnames),
         "prompts": json.dumps(method.prompts), "template": method.template, "source_run": str(Path(run_dir).resolve()),
         **{k: json.dumps(v) for k, v in info.items()},
@@ -64,11 +64,27 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     return metadata
 
 
-def _model_config(model: str) -> dict:
+def _model_config(model: str, pretrained: str | None = None) -> dict:
     """The open_clip model config of ``model`` (written into the file, so that an architecture open_clip
-    does not ship, such as the built-in mini CLIP, can be created: `open_clip.add_model_config`)."""
+    does not ship, such as the built-in mini CLIP, can be created: `open_clip.add_model_config`); for a
+    Hugging Face folder as ``pretrained``, the one its config.json describes; `ClipFitError` when its
+    preprocessor_config.json asks for other than the mean, std and interpolation open_clip gives that model."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.factory import get_model_config
 
+    from .backbone import hf_folder
+    from .hf_checkpoint import PREPROCESSOR_FILE, architecture, preprocess_values
+
+    folder = hf_folder(pretrained)
+    if folder is not None:
+        arch = architecture(folder)
+        values = preprocess_values(folder, arch)
+        expected = (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD), "bicubic")
+        if (values["mean"], values["std"], values["interpolation"]) != expected:
+            raise ClipFitError(f"{folder / PREPROCESSOR_FILE}: its image mean, std or resampling is not the one "
+                               "open_clip gives the exported model; classify with the run folder "
+                               "(clipfit predict --run)")
+        return arch.model_config()
     config = get_model_config(model)
     if config is None:
         raise ClipFitError(f"model {model!r} has no open_clip config to record")
@@ -144,7 +160,8 @@ def _create(arch: str, config: dict):
 
     import open_clip
 
-    if arch not in open_clip.list_models():
+    # A name whose recorded config is not open_clip's registered one (`hf-clip`: each Hugging Face folder's own).
+    if open_clip.get_model_config(arch) != config:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / f"{arch}.json").write_text(json.dumps(config))
             open_clip.add_model_config(folder)

@@ -33,8 +33,9 @@ def print_params(method: str, model: str, counts: dict) -> None:
         console.print(f"note: {note}")
 
 
-def print_all_params(model: str, counts: dict[str, dict[str, int] | str]) -> None:
-    """One row per method: its trainable parameters with its few-shot and base-to-new defaults."""
+def print_all_params(model: str, counts: dict[str, dict[str, int] | str], notes: list[str] = ()) -> None:
+    """One row per method: its trainable parameters with its few-shot and base-to-new defaults, or "-" and
+    below the table the one-line reason it cannot apply; then ``notes`` on the backbone (every method's)."""
     console.print(f"trainable parameters on {model}, with each method's defaults", style="bold")
     table = Table()
     table.add_column("method")
@@ -49,6 +50,8 @@ def print_all_params(model: str, counts: dict[str, dict[str, int] | str]) -> Non
     for method, count in counts.items():
         if isinstance(count, str):
             console.print(f"note: {method}: {count}")
+    for note in notes:
+        console.print(f"note: {note}")
 
 
 def summary_columns(summary: dict) -> list[str]:

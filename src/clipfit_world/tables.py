@@ -9,6 +9,10 @@ test-only shifted domain (such as `mini_shapes_sketch`) gets its zero-shot accur
 the papers' average: the harmonic mean of the mean Base and the mean New (over seeds in a row, over
 tasks in the mean row), not a mean of per-seed or per-task HMs. Finished runs are reused, so an
 interrupted table resumes where it stopped.
+
+The numbers go through `clipfit.tables`, the renderer of run folders in the papers' formats: each cell's
+mean and std over its seeds (`seed_summary`) and each mean over tasks (`base_new_average`); the same
+runs in the papers' layouts are `clipfit table runs/mini-world-table`.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from pathlib import Path
 from clipfit import defaults
 from clipfit.config import OptimConfig, RunConfig
 from clipfit.methods import METHODS, get_method, method_regime
-from clipfit.protocols import harmonic_mean
 from clipfit.runner import resolve, run
 from clipfit.store import read_json_object, setting, upgraded_setting
+from clipfit.tables import base_new_average, seed_summary
 from clipfit_world.defaults import TABLE_OUT
 from clipfit_world.tasks import WORLD_TASKS
 
@@ -83,8 +87,8 @@ def finished_summary(config: RunConfig) -> dict | None:
 def _cell(summary: dict | None, keys: tuple[str, ...]) -> dict | None:
     if summary is None:
         return None
-    return {"mean": {k: summary["mean"][k] for k in keys}, "std": {k: summary["std"][k] for k in keys},
-            "seconds": sum(s["seconds"] for s in summary["per_seed"]) / len(summary["per_seed"])}
+    stats = seed_summary({m["seed"]: m for m in summary["per_seed"]}, keys)
+    return {**stats, "seconds": sum(s["seconds"] for s in summary["per_seed"]) / len(summary["per_seed"])}
 
 
 def mini_world_table(table: MiniWorldTableConfig, progress: bool = True) -> list[dict]:
@@ -158,22 +162,15 @@ def to_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
             f"| {row['task']} | {row['classes']} | {row['zeroshot_all']:.1f} | "
             f"{z['base']:.1f} / {z['new']:.1f} / {z['hm']:.1f} | {clipfit} |"
         )
-    zero = _task_mean([r["zeroshot"] for r in full])
+    zero = base_new_average([r["zeroshot"] for r in full])
     fits = [r["methods"]["clipfit"] for r in full]
-    fit = "…" if None in fits else " / ".join(f"{v:.1f}" for v in _task_mean([f["mean"] for f in fits]).values())
+    fit = "…" if None in fits else " / ".join(f"{v:.1f}" for v in base_new_average([f["mean"] for f in fits]).values())
     zero_all = sum(r["zeroshot_all"] for r in full) / len(full)
     lines.append(
         f"| **mean** (tasks with training data; HM of the mean Base and New) | | {zero_all:.1f} | "
         f"{zero['base']:.1f} / {zero['new']:.1f} / {zero['hm']:.1f} | {fit} |"
     )
     return "\n".join(lines)
-
-
-def _task_mean(cells: list[dict]) -> dict[str, float]:
-    """Mean Base and New over tasks, and the HM of those means (the papers' average)."""
-    mean = {k: sum(c[k] for c in cells) / len(cells) for k in ("base", "new")}
-    mean["hm"] = harmonic_mean(mean["base"], mean["new"])
-    return mean
 
 
 def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
@@ -189,7 +186,7 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
         "|---|" + "---:|" * (len(shots) + 4),
     ]
     zero_all = sum(r["zeroshot_all"] for r in full) / len(full)
-    zero = _task_mean([r["zeroshot"] for r in full])
+    zero = base_new_average([r["zeroshot"] for r in full])
     lines.append(f"| zeroshot | {' | '.join(f'{zero_all:.1f}' for _ in shots)} | "
                  f"{zero['base']:.1f} | {zero['new']:.1f} | {zero['hm']:.1f} | |")
 
@@ -200,7 +197,7 @@ def leaderboard_markdown(table: MiniWorldTableConfig, rows: list[dict]) -> str:
     for m in [m for m in table.methods if method_regime(m).trains]:
         fewshot = [mean_of([r["fewshot"].get(m, {}).get(k) for r in full], "accuracy") for k in shots]
         cells = [r["methods"].get(m) for r in full]
-        b2n = None if any(c is None for c in cells) else _task_mean([c["mean"] for c in cells])
+        b2n = None if any(c is None for c in cells) else base_new_average([c["mean"] for c in cells])
         done = [c for r in full for c in [r["methods"].get(m), *r["fewshot"].get(m, {}).values()] if c is not None]
         seconds = f"{sum(c['seconds'] for c in done) / len(done):.0f}" if done else ""
         if get_method(m).classifies_unseen({}):

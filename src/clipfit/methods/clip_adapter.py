@@ -13,7 +13,9 @@ warm-up epoch at 1e-5, cosine, CoOp's epochs (few-shot 50 / 100 / 100 / 200 / 20
 PEFT-for-CLIP study's `--type vision`; its code instead reads class k off feature dimension k).
 `clip-adapter+ln` also trains the image LayerNorms (CLIPFit's Table 4), which rules out cached features.
 Default augmentation "cached-views" (10 views encoded once) is approximate: the official code draws a
-fresh augmentation every epoch ("fresh").
+fresh augmentation every epoch ("fresh"). A prompt ensemble (`--templates`) replaces the class prompts'
+features it classifies with (type vision-language; refused with a head); the official code uses the
+dataset's one template.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..backbone import image_feature_dim
 from ..errors import ClipFitError
 from ..text_encoding import fp32
 from .base import Regime, train_image_layernorms
@@ -57,7 +60,7 @@ class ClipAdapter(FrozenFeatureMixin, HeadedMethod):
     config_class = ClipAdapterConfig
 
     def add_modules(self):
-        dim = self.clip.visual.output_dim
+        dim = image_feature_dim(self.clip)
         if self.config.reduction > dim:
             raise ClipFitError(f"option reduction={self.config.reduction} leaves no bottleneck of the {dim}-d feature "
                                f"(width = {dim} / reduction); use at most {dim}")

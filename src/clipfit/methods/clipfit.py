@@ -12,11 +12,24 @@ The same class, with other `text` / `image` selections and regularisers, is ever
 method of CLIPFit's Tables 5 and 6: its own ablations (Table 6: `clipfit-no-kd`, `clipfit-no-ln`) are
 registered below, the BitFit strategies and LayerNorms-only in `bitfit.py`; each is a config of this one
 selection method plus its name.
+
+Prompt ensembles (`--templates`). The official code trains, classifies and distils with one prompt per
+dataset (`CUSTOM_TEMPLATES` in `trainers/ClipFit.py`, ImageNet "a photo of a {}."): its target w_i_clip is
+the untouched CLIP's features of the very prompts the tuned model trains on, so the term starts at 0; no
+ensemble appears anywhere in it or in the paper. Here an ensemble can replace the template in the target
+only (the "target" role, with ``regularizer="kd"``): w_i_clip becomes the pretrained model's CLIP-style
+average over the ensemble, while the tuned text path still trains and classifies with the single template
+(an ensemble there would classify with prompts it never trained on). The term then starts above 0 and
+pulls the tuned single-template features toward the stronger zero-shot classifier, as KgCoOp's target does
+its learned prompt; an option of ours, not the paper's. Without the KD term (BitFit, ``clipfit-no-kd``,
+``bias-mse``) there is no target and `--templates` is refused; with no text tensor trained (``ln-only``)
+the text tower stays the pretrained one and the ensemble is its classifier, as zero-shot's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,6 +112,19 @@ class CLIPFit(Method):
         self.pretrained_values = {name: p.detach().clone() for name, p in self.backbone_parameters().items()}
         self.pretrained_class_features: torch.Tensor | None = None
 
+    @classmethod
+    def templates_role(cls, options):
+        config = {**dataclasses.asdict(cls.config_class()), **cls.preset, **options}
+        if config["text"] == "none":
+            return "classifier"  # the text tower stays the pretrained one: its classifier is zero-shot's
+        return "target" if config["regularizer"] == "kd" else None
+
+    @classmethod
+    def templates_refusal(cls, options):
+        config = {**dataclasses.asdict(cls.config_class()), **cls.preset, **options}
+        return (f"it trains its text tower on the single template (--template) and classifies with it, and with "
+                f"regularizer={config['regularizer']} it has no frozen target for an ensemble to replace")
+
     def backbone_parameters(self):
         return {**self.text_biases, **self.image_norms}
 
@@ -130,9 +156,12 @@ class CLIPFit(Method):
         The engine calls it under the training steps' autocast, so the target comes from the same forward
         pass (same precision, same kernels) as the tuned features: before the first update the two are
         bit for bit equal and the term is exactly 0, under bf16 and fp16 as in fp32. It is kept in fp32.
+        With a prompt ensemble in the "target" role, the pretrained model's average over the ensemble
+        (`Method.ensemble_features`) instead.
         """
         with torch.no_grad(), self._pretrained_weights():
-            self.pretrained_class_features = self.class_features().detach().float()
+            target = self.ensemble_features() if self._ensemble_role == "target" else self.class_features()
+            self.pretrained_class_features = target.detach().float()
 
     def regularization(self, class_features: torch.Tensor) -> torch.Tensor:
         """The regulariser, in fp32 (outside autocast) whatever the precision of the forward pass.

@@ -9,7 +9,7 @@ Meta-network: Linear(image dim, image dim / 16), ReLU, Linear(-> text width) of 
 its output is added to every context vector. The text tower runs once per image over all classes (the
 official code does too: CoCoOp's cost); each image's context is the shared prefix of its prompts, computed
 once. Defaults: 4 vectors from "a photo of a", batch 1, lr 0.002, 10 epochs. 35,360 trainable parameters
-on ViT-B/16.
+on ViT-B/16. A prompt ensemble (`--templates`) is refused: the classifier is the learned prompt itself.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backbone import image_feature_dim
 from ..text_encoding import PromptContext, encode_prompts, fp32
 from .base import Method, MethodConfig
 from .prompt_learner import PromptLearner, check_context
@@ -41,10 +42,12 @@ class CoCoOp(Method):
     prompt_source = "the context (n_ctx, ctx_init)"
     description = "CoCoOp (Zhou et al., CVPR 2022): context conditioned on each image by a meta-network"
     config_class = CoCoOpConfig
+    ensemble_refusal = ("its classifier is the learned prompt (context vectors conditioned on each image), not a "
+                        "hand-written template, so there is nothing for an ensemble to average")
 
     def add_modules(self):
         self.prompt_learner = PromptLearner(self.backbone, self.config.n_ctx, self.config.ctx_init)
-        image_dim = self.clip.visual.output_dim
+        image_dim = image_feature_dim(self.clip)
         width = self.prompt_learner.ctx.shape[1]
         self.prompt_learner.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(image_dim, image_dim // 16)),

@@ -9,6 +9,7 @@ Defaults: few-shot 16 random context vectors, batch 32, lr 0.002, epochs 50 / 10
 1 / 2 / 4 / 8 / 16 shots (ImageNet 50); base-to-new as CoCoOp's paper ran CoOp (`vit_b16_ctxv1`): 4
 vectors initialised from "a photo of a", 200 epochs (ImageNet 50). SGD, 1 warm-up epoch at 1e-5, cosine
 per epoch. `coop+ln` also trains the image LayerNorms (CLIPFit's Table 4, "+ updating LayerNorm").
+A prompt ensemble (`--templates`) is refused: the classifier is the learned prompt itself.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class CoOp(Method):
     prompt_source = "the context (n_ctx, ctx_init)"
     description = "CoOp (Zhou et al., IJCV 2022): learned context vectors shared by all classes"
     config_class = CoOpConfig
+    ensemble_refusal = ("its classifier is the learned prompt (context vectors), not a hand-written template, so "
+                        "there is nothing for an ensemble to average")
 
     def add_modules(self):
         self.prompt_learner = PromptLearner(self.backbone, self.config.n_ctx, self.ctx_init())
@@ -54,6 +57,10 @@ class CoOp(Method):
 
     def class_prompts(self, classnames):
         return self.prompt_learner.prompts(classnames)
+
+    def hand_written_prompts(self, template):
+        # Underscores read as spaces, as the official prompt learners fill their hand-written templates.
+        return [template.format(name.replace("_", " ")) for name in self.classnames]
 
     def backbone_parameters(self):
         return dict(self.image_norms)

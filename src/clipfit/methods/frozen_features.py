@@ -42,8 +42,8 @@ class FrozenFeatureMixin:
 
     def class_features(self) -> torch.Tensor:
         # The text tower is frozen: the class prompts' features are the same at every step, computed once
-        # per class list (and per weight dtype, which the fp16 precision changes).
-        key = (tuple(self.prompts), next(self.clip.parameters()).dtype)
+        # per class list and prompt ensemble (and per weight dtype, which the fp16 precision changes).
+        key = (tuple(self.prompts), tuple(self.templates or ()), next(self.clip.parameters()).dtype)
         cached = getattr(self, "_class_features", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():

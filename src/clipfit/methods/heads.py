@@ -46,6 +46,15 @@ class HeadedMethod(Method):
     def has_head(self) -> bool:
         return self.config.type == "vision"
 
+    @classmethod
+    def templates_role(cls, options: dict) -> str | None:
+        # The class prompts' features come from the frozen text tower: a prompt ensemble is the classifier.
+        return "classifier" if cls.classifies_unseen(options) else None
+
+    @classmethod
+    def templates_refusal(cls, options: dict) -> str:
+        return "with type=vision it classifies with a linear head, without text features to average"
+
     def add_head(self, dim: int) -> None:
         """With `type` vision: a Linear(dim -> classes) head with PyTorch's default init (the study's
         `nn.Linear(output_dim, num_classes)`); call from `add_modules`."""

@@ -10,6 +10,10 @@ The paper writes a squared Euclidean distance, twice the code's term for unit ve
 0.002, 100 epochs; batch 128 for base-to-new (one step per epoch on small base sets, as the official runs
 did), 32 for few-shot (the author's advice in the repository's issues). `kgcoop+ln` also trains the image
 LayerNorms (CLIPFit's Table 4).
+
+A prompt ensemble (`--templates`) replaces the one hand-crafted template in the target: w_i_clip becomes
+CLIP's average over the ensemble (`Method.ensemble_features`); the classifier stays the learned prompt.
+The official code encodes the dataset's one template (`CUSTOM_TEMPLATES`, ImageNet "a photo of a {}.").
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class KgCoOp(CoOp):
     name = "kgcoop"
     description = "KgCoOp (Yao et al., CVPR 2023): CoOp + distance to the hand-crafted prompt's class features"
     config_class = KgCoOpConfig
+    ensemble_role = "target"
 
     def prepare_training(self):
         """The hand-crafted class features, once per run from the frozen text tower (the official code

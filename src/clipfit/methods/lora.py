@@ -41,6 +41,10 @@ Differences from the official code:
   for the same seed; we use our shared few-shot draw. Its validation set is never used, nor is it here:
   the last iterate is evaluated.
 - The official `--position` (which blocks; default all) is not offered: every block of each chosen tower.
+
+A prompt ensemble (`--templates`) is refused: the text tower trains on the single template's prompts and
+classifies with them (the official code's "a photo of a {}."); averaging other templates through the tuned
+tower would classify with prompts it never trained on.
 """
 
 from __future__ import annotations
@@ -247,6 +251,8 @@ class CLIPLoRA(Method):
     name = "clip-lora"
     description = "CLIP-LoRA (Zanella and Ben Ayed, 2024): rank-2 LoRA on q/k/v of every attention block, both towers"
     config_class = CLIPLoRAConfig
+    ensemble_refusal = ("it trains the text tower's attention on the single template (--template) and classifies "
+                        "with that template's prompts; an ensemble would classify with prompts it never trained on")
 
     def add_modules(self):
         config = self.config
@@ -260,10 +266,12 @@ class CLIPLoRA(Method):
         for tower in towers:
             attentions = tower_attentions(self.clip, tower)
             if not attentions:
+                # A ResNet has no transformer blocks; a timm tower (EVA, ConvNeXt) none of open_clip's.
+                kind = "a timm model" if type(self.clip.visual).__name__ == "TimmModel" else "a ResNet"
+                what = f"the image tower has no attention blocks of open_clip's ({kind})"
                 if config.encoder == "vision":
-                    raise ClipFitError("method clip-lora: encoder=vision, but the image tower has no attention "
-                                       "blocks (a ResNet)")
-                self.notes.append("the image tower has no attention blocks (a ResNet): only the text tower gets LoRA")
+                    raise ClipFitError(f"method clip-lora: encoder=vision, but {what}")
+                self.notes.append(f"{what}: only the text tower gets LoRA")
                 continue
             blocks = nn.ModuleList()
             for i, attention in enumerate(attentions):

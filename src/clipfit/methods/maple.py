@@ -16,7 +16,8 @@ default Linear init; batch 4, lr 0.0035, 5 epochs for base-to-new and (no offici
 few-shot; the cross-dataset and domain-generalisation config: J = 3, lr 0.0026, 2 epochs. 3,555,072
 trainable parameters on ViT-B/16 (the paper's 3.55M). A backbone with fewer than 9 blocks in a tower (the
 built-in mini CLIP: 3 text blocks) gets prompts in every block, with a note. The official code casts the
-prompts to fp16 inside its forward even in fp32 runs; ours keeps them in the run's precision.
+prompts to fp16 inside its forward even in fp32 runs; ours keeps them in the run's precision. A prompt
+ensemble (`--templates`) is refused: the classifier is the learned prompt itself.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class MaPLe(Method):
     prompt_source = "the context (n_ctx, ctx_init)"
     description = "MaPLe (Khattak et al., CVPR 2023): coupled text and image prompts in the first 9 blocks"
     config_class = MaPLeConfig
+    ensemble_refusal = ("its classifier is the learned prompt (text prompts coupled to image prompts), not a "
+                        "hand-written template, so there is nothing for an ensemble to average")
 
     def add_modules(self):
         width = vision_width(self.clip)  # BackboneError for a ResNet image tower

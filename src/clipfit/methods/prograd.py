@@ -13,6 +13,11 @@ Defaults: 16 vectors, the last ones initialised from the dataset's template (Pro
 `CUSTOM_TEMPLATES`, for the datasets it names) and the first ones zero; few-shot CoOp's epochs by shots
 (ImageNet 50), base-to-new 100 epochs (ImageNet 50); batch 32, lr 0.002; lam 1.0 (0.8 for 8 and 16
 shots on Flowers102, DTD, EuroSAT, as its README says); T 1.
+
+A prompt ensemble (`--templates`) replaces the teacher's one template: the teacher classifies with CLIP's
+average over the ensemble (`Method.ensemble_features`), while the context is still initialised from the
+words of `teacher_template` (or the run's template); the classifier stays the learned prompt. The
+official code's teacher encodes one template per dataset.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class ProGrad(CoOp):
     name = "prograd"
     description = "ProGrad (Zhu et al., ICCV 2023): CoOp with the CE gradient projected against the zero-shot one"
     config_class = ProGradConfig
+    ensemble_role = "target"
 
     def ctx_init(self):
         # Without one given, the teacher's template words, as ProGrad always initialises (`CTX_INIT: True`).

@@ -21,15 +21,19 @@ from torch import nn
 
 from ..backbone import text_tower
 from ..errors import ClipFitError
-from ..text_encoding import encode_prompts
+from ..text_encoding import encode_prompts, supports_truncation
 from .base import Method
 
 
 def template_features(method: Method, template: str) -> torch.Tensor:
     """Unit-norm fp32 features [classes, dim] of a hand-written template filled with each class name
     (underscores read as spaces), from the text tower as it is, without a graph: KgCoOp's hand-crafted
-    target and ProGrad's zero-shot teacher."""
-    tokens = method.backbone.tokenize([template.format(name.replace("_", " ")) for name in method.classnames])
+    target and ProGrad's zero-shot teacher. With a prompt ensemble (`Method.set_templates`, the "target"
+    role), CLIP's average over the ensemble's templates instead (`Method.ensemble_features`); the official
+    KgCoOp and ProGrad encode the one template only."""
+    if method.templates:
+        return method.ensemble_features()
+    tokens = method.backbone.tokenize(method.hand_written_prompts(template))
     with torch.no_grad():
         return encode_prompts(method.clip, tokens)
 
@@ -67,6 +71,13 @@ class PromptLearner(nn.Module):
     def __init__(self, backbone, n_ctx: int | None, ctx_init: str):
         super().__init__()
         tower = text_tower(backbone.model)
+        if not supports_truncation(tower):
+            # The context sits right after the start-of-text token of a causal tower that pools at its
+            # end-of-text token (CLIP's); SigLIP's text tower is bidirectional and pools its last position.
+            pool = getattr(tower, "pool_type", getattr(tower, "text_pool_type", None))
+            mask = "a causal mask" if getattr(tower, "attn_mask", None) is not None else "no causal mask"
+            raise ClipFitError(f"learned text prompts need a causal text tower pooled at its end-of-text token "
+                               f"(CLIP's); this one has {mask} and pools {pool!r} (SigLIP's does so)")
         embedding = tower.token_embedding
         width = embedding.weight.shape[1]
         words = ctx_init.split()

@@ -64,9 +64,26 @@ def get_method(name: str) -> type[Method]:
 
 
 def build_method(name: str, backbone: Backbone, classnames: list[str], template: str,
-                 options: dict | None = None) -> Method:
+                 options: dict | None = None, *, templates: list[str] | None = None) -> Method:
+    """Method ``name`` on ``backbone`` for ``classnames``, with ``template`` and ``options``; ``templates``:
+    a prompt ensemble (`Method.set_templates`; `ClipFitError` from a method that refuses one)."""
     cls = get_method(name)
-    return cls(backbone, classnames, template, method_config(name, options))
+    method = cls(backbone, classnames, template, method_config(name, options))
+    if templates is not None:
+        method.set_templates(templates)
+    return method
+
+
+def inapplicable_reason(name: str, backbone: Backbone, options: dict | None = None) -> str | None:
+    """Why method ``name`` with ``options`` cannot apply to ``backbone``'s architecture, as the one line its
+    construction raises (no LayerNorm to train in a ResNet image tower, no open_clip ViT for visual prompts,
+    no causal text tower for learned text prompts); None when it applies. A weightless skeleton
+    (`clipfit.backbone.skeleton_backbone`) will do: what a method selects depends on the structure only."""
+    try:
+        build_method(name, backbone, ["class"], "{}", options)
+    except ClipFitError as err:
+        return str(err)
+    return None
 
 
 def method_regime(name: str, options: dict | None = None) -> Regime:
