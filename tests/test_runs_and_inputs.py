@@ -67,15 +67,17 @@ def lock_held(path: Path) -> bool:
 @pytest.mark.slow  # three CLI processes, one training 600 epochs: 20 s or more
 def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(eurosat_root, tmp_path):
     out = tmp_path / "run"
-    # About 20 s of training (600 epochs of 2 steps): the two others start and check while it holds the seed.
-    slow = subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", "1", "--epochs", "600")],
+    # About 50 s of training (1,500 epochs of 2 steps): the two others start and check while it holds the seed
+    # (each start imports torch and open_clip, which imports transformers where it is installed: seconds each,
+    # more on a loaded machine).
+    slow = subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", "1", "--epochs", "1500")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: lock_held(out / ".seed1.lock"))
         same, other = [
             subprocess.Popen([*CLI, *train_args(eurosat_root, out, "--seeds", "1", "--epochs", epochs)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for epochs in ("600", "3")
+            for epochs in ("1500", "3")
         ]
         for proc in (same, other):
             proc.stdout, proc.stderr = proc.communicate(timeout=600)
@@ -89,7 +91,7 @@ def test_a_seed_folder_is_written_by_one_process_and_another_setting_is_refused(
     assert other.returncode == 2 and "holds runs of a different config (differs in: optim.epochs)" in other.stderr
     config = json.loads((out / "seed1" / "config.json").read_text())
     metrics = json.loads((out / "seed1" / "metrics.json").read_text())
-    assert config["optim"]["epochs"] == 600 and metrics["seed"] == 1
+    assert config["optim"]["epochs"] == 1500 and metrics["seed"] == 1
     assert json.loads((out / "summary.json").read_text())["seeds"] == [1]
 
 
@@ -819,4 +821,4 @@ def test_a_misspelled_model_is_refused_before_any_data_is_generated(tmp_path, ca
 def test_an_unknown_dataset_names_close_matches(capsys):
     with pytest.raises(SystemExit):
         main(["data", "check", "--dataset", "eurosats"])
-    assert "unknown dataset 'eurosats' (did you mean eurosat?)" in capsys.readouterr().err
+    assert "unknown dataset 'eurosats' (did you mean eurosat, vtab-eurosat?)" in capsys.readouterr().err
