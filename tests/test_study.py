@@ -119,3 +119,17 @@ def test_the_vtab_protocol_trains_on_the_evaluation_transform_unless_told_otherw
     assert repr(train([]).transform) == repr(test([]).transform)
     train, test = image_datasets(skeleton, few_shot)
     assert "RandomResizedCrop" in repr(train([]).transform) and "RandomResizedCrop" not in repr(test([]).transform)
+
+
+def test_an_alias_is_its_dataset_one_setting_one_folder_one_recipe(tmp_path):
+    from clipfit.config import RunConfig
+    from clipfit.runner import resolve
+
+    common = {"method": "vpt-deep", "model": TINY_MODEL, "pretrained": "none", "protocol": "vtab",
+              "data_root": str(tmp_path)}
+    by_alias, by_name = (resolve(RunConfig(dataset=name, **common)) for name in ("vtba-dtd", "vtab-dtd"))
+    assert by_alias.dataset == "vtab-dtd" and by_alias.out == by_name.out
+    assert by_alias.method_options["num_tokens"] == 10  # configs/VPT-CLIP-Deep/dtd.yaml
+    transfer = resolve(RunConfig(dataset="imagenet", targets=["vtba-dtd"],
+                                 **{**common, "method": "clipfit", "protocol": "cross-dataset"}))
+    assert transfer.targets == ["vtab-dtd"]

@@ -54,6 +54,8 @@ def resolve(config: RunConfig) -> RunConfig:
     protocol = get_protocol(config.protocol)
     method_cls = get_method(config.method)
     spec = data.get_spec(config.dataset)
+    # An alias (the PEFT-for-CLIP study's vtba-dtd) is its dataset: one setting, one folder, its recipe.
+    config = dataclasses.replace(config, dataset=spec.name)
     # Before any data is read or generated; a Hugging Face folder's config.json names its architecture.
     check_backbone_names(config.model, config.pretrained)
     if protocol.datasets is not None and not protocol.datasets(config.dataset):
@@ -134,7 +136,10 @@ def resolve_targets(config: RunConfig, protocol: Protocol) -> list[str] | None:
             f"--dataset {config.dataset}: train it with --protocol few-shot and evaluate the run on each target "
             "with clipfit eval --run <seed folder> --dataset D"
         )
-    targets = list(config.targets) if config.targets is not None else protocol.default_targets(config.dataset)
+    if config.targets is None:
+        targets = protocol.default_targets(config.dataset)
+    else:  # an unknown name: DataError naming close matches; an alias: its dataset
+        targets = [t if t in data.GENERIC_FORMATS else data.get_spec(t).name for t in config.targets]
     if not targets:
         raise ClipFitError(f"--targets: protocol {config.protocol!r} needs at least one target dataset")
     for target in targets:
@@ -143,7 +148,6 @@ def resolve_targets(config: RunConfig, protocol: Protocol) -> list[str] | None:
                 f"--targets {target}: a target is a registered dataset; evaluate a finished run on your own "
                 f"folder with clipfit eval --run <seed folder> --dataset {target} --data-root DIR"
             )
-        data.get_spec(target)  # unknown: DataError naming close matches
         if target == config.dataset:
             raise ClipFitError(f"--targets {target}: the trained dataset is tested anyway; name other datasets")
         if targets.count(target) > 1:
