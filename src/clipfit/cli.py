@@ -443,6 +443,20 @@ def cmd_data_list(args) -> None:
             print(f"{alias:{width}s} = {name}")
 
 
+def cmd_data_export_vtab(args) -> None:
+    from .data.tfds import TASKS, export_vtab, tasks_found
+
+    out = args.out or str(default_data_root())
+    tasks = tasks_found(args.tfds_dir) if args.task == "all" else [args.task]
+    if not tasks:
+        raise ClipFitError(f"no VTAB task's TFDS folder under {args.tfds_dir} (builders: "
+                           f"{', '.join(sorted({t.builder for t in TASKS.values()}))})")
+    for task in tasks:
+        r = export_vtab(args.tfds_dir, task, out)
+        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
+        print(f"{r.task}: wrote {r.folder} ({counts}) from {r.source}")
+
+
 def _recipes_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readme", type=Path, help="write the table into this README between its recipes markers")
 
@@ -622,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = add("data", help="datasets: list them, check what is on disk")
-    data_sub = p.add_subparsers(dest="data_command", metavar="check|list", required=True, help="check or list")
+    data_sub = p.add_subparsers(dest="data_command", metavar="check|list|export-vtab", required=True,
+                                     help="check, list or export-vtab")
     c = data_sub.add_parser(
         "check",
         formatter_class=_HelpFormatter,
@@ -639,6 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_data_check)
     c = data_sub.add_parser("list", help="the registered datasets")
     c.set_defaults(func=cmd_data_list)
+    c = data_sub.add_parser(
+        "export-vtab",
+        formatter_class=_HelpFormatter,
+        help="write VTAB-1k's image lists from TFDS-prepared folders (no TensorFlow needed)",
+    )
+    c.add_argument("--tfds-dir", required=True, help="the TFDS data_dir (<dir>/<builder>/<config?>/<version>/)")
+    c.add_argument("--task", required=True, help="a VTAB-1k task (vtab-<task>, its name or an alias), or 'all' "
+                   "for every task whose TFDS folder is found")
+    c.add_argument("--out", help=f"the data root to write vtab-1k/<task folder>/ under ({DATA_ROOT_DEFAULT})")
+    c.set_defaults(func=cmd_data_export_vtab)
     return parser
 
 
