@@ -190,8 +190,9 @@ def test_dsprites_three_way_slices_bins_and_0_255_pixels(tmp_path):
             assert s.label == by_hand[v]
     assert [s.label for s in loc.test] == [((1800 + i) % 32) // 2 for i in range(200)]
     assert len(ori.test) == 200 and len(ori.train) == 1000
-    with Image.open(loc.test[1].path) as img:  # example 1801: pixels (1, 1) stored, (255, 255) written
-        assert list(img.getdata()) == [255, 255]
+    # Example 1801: gray pixels (1, 1) stored; written as VTAB feeds them, tiled to RGB and times 255.
+    with Image.open(loc.test[1].path) as img:
+        assert img.mode == "RGB" and list(img.getdata()) == [(255, 255, 255)] * 2
 
 
 def test_a_corrupt_crc_is_refused_naming_file_and_record(cifar, tmp_path, capsys):

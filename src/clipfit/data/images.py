@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,16 @@ def open_image(path) -> Image.Image:
     # this one file cannot be read, which is what the user needs to hear.
     except Exception as exc:
         raise DataError(f"image {path} cannot be read: {_reason(path, exc)}") from None
+
+
+def decode_image_bytes(data: bytes, where: str) -> Image.Image:
+    """Encoded image bytes (a record's PNG or JPEG, not a file) as `open_image` gives a file: 8-bit RGB,
+    upright. Raises ``DataError`` "WHERE: the image cannot be decoded: REASON"."""
+    try:
+        return _decode_rgb(io.BytesIO(data))
+    except Exception as exc:  # PIL's decoders raise many unrelated types; each means these bytes are not an image
+        message = " ".join(str(exc).split())
+        raise DataError(f"{where}: the image cannot be decoded: {type(exc).__name__}: {message}") from None
 
 
 def unreadable_images(samples: Sequence[Sample], *, workers: int = DECODE_WORKERS) -> list[tuple[Path, str]]:

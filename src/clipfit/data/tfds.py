@@ -31,7 +31,7 @@ What was verified against what:
   depends on it. Not verified against a real TFDS folder in this repository: the tests write the layout.
 - Images are written as TFDS stored them (the encoded PNG or JPEG bytes, by their magic bytes), not
   re-encoded as NOAH's JPEGs, except dSprites: TFDS stores its 0/1 pixels, which VTAB multiplies by 255
-  (``dsprites.py`` preprocess), so its PNGs are rewritten with 0/255 pixels (PIL).
+  (``dsprites.py`` preprocess, after tiling it to 3 channels), so its PNGs are rewritten as RGB 0/255 pixels.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from clipfit.errors import DataError
+
+from .images import decode_image_bytes
 
 from .vtab import LISTS, PARENTS, VtabSpec, _vtab_spec
 
@@ -393,18 +397,16 @@ def _extension(data: bytes, where: str) -> str:
 
 
 def _rescale_01(data: bytes, where: str) -> bytes:
+    """A dSprites PNG of 0/1 pixels as VTAB feeds it (``dsprites.py``: tiled to 3 channels, times 255)."""
     import io
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        lo, hi = img.getextrema() if img.mode == "L" else (None, None)
-        if img.mode != "L" or hi > 1:
-            raise DataError(f"{where}: a dSprites image should be 1-channel 0/1 pixels (mode {img.mode}, "
-                            f"extrema {lo}..{hi})")
-        out = io.BytesIO()
-        img.point(lambda v: v * 255).save(out, format="PNG")
+    pixels = np.asarray(decode_image_bytes(data, where))
+    if pixels.max() > 1:
+        raise DataError(f"{where}: a dSprites image should hold 0/1 pixels (its largest value is {pixels.max()})")
+    out = io.BytesIO()
+    Image.fromarray(pixels * np.uint8(255)).save(out, format="PNG")
     return out.getvalue()
 
 
