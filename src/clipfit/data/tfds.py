@@ -50,7 +50,6 @@ import numpy as np
 from clipfit.errors import DataError
 
 from .images import decode_image_bytes
-
 from .vtab import LISTS, PARENTS, VtabSpec, _vtab_spec
 
 SOURCE = "google-research/task_adaptation task_adaptation/data/*.py (commit d7630d3)"
