@@ -1,7 +1,9 @@
 """The mini vision-language world: deterministic generation, CoOp layout, and the mini CLIP."""
 
+import hashlib
 import io
 import json
+import re
 
 import open_clip
 import pytest
@@ -11,8 +13,8 @@ from safetensors.torch import load_file
 
 from clipfit import data
 from clipfit.text_encoding import encode_truncated
-from clipfit_world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair
-from clipfit_world.model import IMAGE_SIZE, MODEL_NAME, WEIGHTS, create_mini_clip
+from clipfit_world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair, scenes
+from clipfit_world.model import IMAGE_SIZE, MODEL_NAME, MODELS, WEIGHTS, create_mini_clip
 from clipfit_world.tasks import render_example
 
 
@@ -28,6 +30,39 @@ def test_pretraining_stream_is_deterministic_per_seed():
     assert [(_png(im), c) for im, c in a] == [(_png(im), c) for im, c in b]
     other = [pretraining_pair(1, i) for i in range(20)]
     assert [_png(im) for im, _ in a] != [_png(im) for im, _ in other]
+
+
+# The SHA-256 of the first 256 v1 captions of seed 0, computed at commit 945b3c5 (the stream the shipped
+# mini-clip was pretrained on, README "The built-in mini CLIPs"): v1 must never change, or its weights stop
+# reproducing from the command.
+V1_CAPTIONS_SHA256 = "61d4f31d3da7a963beb448c5a3d97f12e67980aa60de0ee14b3072f7cc0d4e22"
+
+
+def test_the_v1_caption_stream_is_the_one_mini_clip_was_pretrained_on():
+    digest = hashlib.sha256()
+    for i in range(256):
+        digest.update(pretraining_pair(0, i)[1].encode() + b"\n")
+    assert digest.hexdigest() == V1_CAPTIONS_SHA256
+
+
+def test_v2_captions_describe_the_same_images_in_richer_language():
+    v1 = [pretraining_pair(0, i) for i in range(300)]
+    v2 = [pretraining_pair(0, i, "v2") for i in range(300)]
+    assert all(_png(a) == _png(b) for (a, _), (b, _) in zip(v1, v2, strict=True))  # the images are v1's
+    assert sum(a != b for (_, a), (_, b) in zip(v1, v2, strict=True)) > 200
+
+    def words(pairs):
+        return {w for _, c in pairs for w in c.split()}
+
+    assert len(words(v2)) > len(words(v1)) + 30
+    # The class words survive: every digit, letter and shape word v1 names is still in its v2 caption.
+    class_words = set(scenes.NUMBER_WORDS) | {w for ws in scenes.SHAPE_WORDS.values() for w in ws if " " not in w}
+    for (_, a), (_, b) in zip(v1, v2, strict=True):
+        assert {w for w in re.findall(r"[\w-]+", a) if w in class_words} <= set(re.findall(r"[\w-]+", b)), (a, b)
+    # The defects v1 leaves uncaptioned are named in some v2 captions.
+    assert any(w in c for _, c in v2 for w in ("blurry", "blurred", "grainy", "noisy photo", "scribbles"))
+    with pytest.raises(ValueError, match="captions 'v3': not one of v1, v2"):
+        pretraining_pair(0, 0, "v3")
 
 
 def test_pretraining_stream_yields_small_rgb_images_with_varied_captions():
@@ -128,6 +163,24 @@ def test_trimmed_text_encoding_equals_encode_text():
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_mini_clip_b_has_clips_shape_at_a_size_that_ships():
+    """The second built-in model's architecture, pinned: 6 image and 6 text blocks at width 160 (mini-clip: 4 and
+    3 at 128), CLIP's tokenizer and context, 11,722,401 parameters, so its fp16 file stays under 25 MB."""
+    old, new = create_mini_clip(pretrained=False), create_mini_clip(pretrained=False, name="mini-clip-b")
+    assert open_clip.get_model_config("mini-clip-b") == {
+        "embed_dim": 160,
+        "vision_cfg": {"image_size": 64, "layers": 6, "width": 160, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 160, "heads": 5, "layers": 6},
+    }
+    count = sum(p.numel() for p in new.parameters())
+    assert count == 11_722_401 and 2 * count < 25e6
+    assert len(new.visual.transformer.resblocks) == len(new.transformer.resblocks) == 6
+    assert new.transformer.width > old.transformer.width
+    assert new.context_length == 77 and new.vocab_size == 49408  # every prompt and template still tokenizes
+    with pytest.raises(ValueError, match="'mini-clip-c' is not a built-in mini CLIP"):
+        create_mini_clip(pretrained=False, name="mini-clip-c")
+
+
 def test_builtin_weights_load_strictly_and_are_small():
     assert WEIGHTS.stat().st_size < 25e6
     with safe_open(str(WEIGHTS), framework="pt") as f:
@@ -181,6 +234,28 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypat
     assert len(resumed_calls) == 2  # steps 3 and 4 only: steps 1 and 2 came from the checkpoint
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     assert len(json.loads((tmp_path / "resumed" / "loss.json").read_text())["losses"]) == 4
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pretraining_in_timed_pieces_equals_an_uninterrupted_run(tmp_path, model):
+    """--minutes stops a piece at a checkpoint; the same command resumes it, to the same weights bit for bit."""
+    from clipfit_world.pretrain import pretrain_mini_clip
+
+    kw = {"model": model, "seed": 0, "steps": 3, "batch_size": 4, "warmup": 1}
+    whole = pretrain_mini_clip(tmp_path / "whole.safetensors", curve=tmp_path / "whole" / "loss.png", **kw)
+    pieces = 0
+    piece = tmp_path / "pieces.safetensors"
+    while pretrain_mini_clip(piece, curve=tmp_path / "p" / "loss.png", minutes=0, **kw) is None:
+        pieces += 1
+        curve = json.loads((tmp_path / "p" / "loss.json").read_text())
+        assert len(curve["losses"]) == pieces and len(curve["pieces"]) == pieces  # the curve is kept as it goes
+    assert pieces == 2  # steps 1 and 2 each ended a piece; the third finished the run
+    first, second = load_file(str(whole)), load_file(str(tmp_path / "pieces.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    curve = json.loads((tmp_path / "p" / "loss.json").read_text())
+    assert [p["steps"] for p in curve["pieces"]] == [1, 1, 1] and curve["pairs_seen"] == 12
+    with safe_open(str(tmp_path / "pieces.safetensors"), framework="pt") as f:
+        assert f.metadata()["model"] == model and f.metadata()["pairs_seen"] == "12"
 
 
 def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatch):

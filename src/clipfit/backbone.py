@@ -723,7 +723,9 @@ def load_backbone(
     if pretrained == BUILTIN:
         weights = _builtin_weights(model_name)
         if not weights.is_file():
-            raise BackboneError(f"built-in weights file is missing: {weights}")
+            raise BackboneError(f"the built-in weights of {model_name} are missing: no file {weights} (a broken "
+                                "install, or a built-in model whose pretraining has not finished: its README section "
+                                "says how to make them)")
     elif pretrained != RANDOM_INIT:
         if _looks_like_path(pretrained) or Path(pretrained).expanduser().is_file():
             weights = Path(pretrained).expanduser()

@@ -11,7 +11,8 @@ import importlib
 # Where each public name lives. Imported on first use (PEP 562), so that loading the package for its
 # commands (`clipfit_world.commands`, read by the CLI's parser) loads neither torch nor the renderer.
 _EXPORTS = {
-    "IMAGE_SIZE": "model", "MEAN": "model", "MODEL_NAME": "model", "STD": "model", "WEIGHTS": "model",
+    "IMAGE_SIZE": "model", "MEAN": "model", "MODEL_NAME": "model", "MODELS": "model", "STD": "model",
+    "WEIGHTS": "model", "weights_file": "model",
     "create_mini_clip": "model", "Shift": "render", "iterate_pretraining_pairs": "scenes",
     "pretraining_pair": "scenes", "WORLD_TASKS": "tasks", "WorldTask": "tasks", "generate_task": "tasks",
 }

@@ -1,8 +1,14 @@
-"""The mini CLIP: an open_clip ViT config sized for the mini world, and its built-in weights.
+"""The built-in mini CLIPs: open_clip ViT configs sized for the mini world, and their weights.
 
-It is a plain open_clip `CLIP` (VisionTransformer with ln_pre/ln_post, text transformer with
-c_fc/c_proj MLPs, CLIP tokenizer, context 77), so everything that works on ViT-B/16 works on it.
-Preprocessing is open_clip's default for the config: 64x64, OpenAI mean/std.
+Each is a plain open_clip `CLIP` (VisionTransformer with ln_pre/ln_post, text transformer with c_fc/c_proj
+MLPs, CLIP tokenizer, context 77), so everything that works on ViT-B/16 works on them. Preprocessing is
+open_clip's default for the config: 64x64, OpenAI mean/std.
+
+- ``mini-clip``: width 128, 4 image and 3 text blocks; pretrained on the v1 captions. Its file never changes,
+  so runs made on it resume and compare.
+- ``mini-clip-b``: closer to CLIP's shape (both towers 6 blocks or more, a wider residual stream), pretrained
+  on the v2 captions (`scenes.CAPTIONS`) for longer. The shape was chosen by measurement: README, "The
+  built-in mini CLIPs".
 """
 
 from __future__ import annotations
@@ -15,21 +21,31 @@ import torch
 from clipfit.backbone import BUILTIN, load_backbone
 
 MODEL_NAME = "mini-clip"
-# The architecture's open_clip JSON config and its pretrained weights ship in this package; the plugin
+MODELS = ("mini-clip", "mini-clip-b")
+# The architectures' open_clip JSON configs and their pretrained weights ship in this package; the plugin
 # (`clipfit_world.plugin`) registers both, so that `--model mini-clip --pretrained builtin` loads them.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-WEIGHTS = Path(__file__).parent / "weights" / f"{MODEL_NAME}.safetensors"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS = WEIGHTS_DIR / f"{MODEL_NAME}.safetensors"
 MEAN = open_clip.OPENAI_DATASET_MEAN
 STD = open_clip.OPENAI_DATASET_STD
 IMAGE_SIZE = 64
 
 
-def create_mini_clip(pretrained: bool = True) -> torch.nn.Module:
-    """The mini CLIP, with the built-in weights when `pretrained` (fp16 on disk, fp32 in memory); random
-    init from torch's global generator otherwise (pretraining seeds it)."""
+def weights_file(name: str = MODEL_NAME) -> Path:
+    """Where the built-in model ``name``'s fp16 safetensors file lies in the package."""
+    if name not in MODELS:
+        raise ValueError(f"{name!r} is not a built-in mini CLIP ({', '.join(MODELS)})")
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def create_mini_clip(pretrained: bool = True, name: str = MODEL_NAME) -> torch.nn.Module:
+    """The built-in model ``name``, with its shipped weights when `pretrained` (fp16 on disk, fp32 in memory);
+    random init from torch's global generator otherwise (pretraining seeds it)."""
+    weights_file(name)
     if pretrained:
-        return load_backbone(MODEL_NAME, BUILTIN).model
+        return load_backbone(name, BUILTIN).model
     from clipfit.backbone import architectures
 
-    architectures()  # open_clip learns the mini CLIP's config from the plugin
-    return open_clip.create_model(MODEL_NAME, pretrained=None)
+    architectures()  # open_clip learns the mini CLIPs' configs from the plugin
+    return open_clip.create_model(name, pretrained=None)

@@ -11,13 +11,14 @@ import functools
 
 from clipfit.backbone import register_builtin_weights
 from clipfit.data import coop_dataset
-from clipfit_world.model import MODEL_CONFIG_DIR, MODEL_NAME, WEIGHTS
+from clipfit_world.model import MODEL_CONFIG_DIR, MODELS, weights_file
 from clipfit_world.tasks import WORLD_TASKS, generate_task
 
 
 def register() -> None:
-    """Register the mini CLIP's weights and the mini world's tasks (called once per process)."""
-    register_builtin_weights(MODEL_NAME, WEIGHTS, MODEL_CONFIG_DIR)
+    """Register the mini CLIPs' weights and the mini world's tasks (called once per process)."""
+    for i, name in enumerate(MODELS):  # open_clip reads the configs folder once
+        register_builtin_weights(name, weights_file(name), MODEL_CONFIG_DIR if i == 0 else None)
     for task in WORLD_TASKS.values():  # generated into the data root on first use
         coop_dataset(
             task.name, task.name, task.folder, "images", task.split_file, task.template,

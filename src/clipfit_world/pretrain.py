@@ -1,10 +1,16 @@
-"""Contrastive pretraining of the mini CLIP on the mini world's caption stream.
+"""Contrastive pretraining of the built-in mini CLIPs on the mini world's caption stream.
 
-    python -m clipfit_world.pretrain --out src/clipfit/weights/mini-clip.safetensors --seed 0
+    python -m clipfit_world.pretrain --model mini-clip --out src/clipfit_world/weights/mini-clip.safetensors
+    python -m clipfit_world.pretrain --model mini-clip-b --out src/clipfit_world/weights/mini-clip-b.safetensors \
+        [--device cuda] [--workers 8] [--minutes 150]
 
 Deterministic given the seed on one machine: the model init is seeded, and batch k is pairs
-[k*B, (k+1)*B) of the stream `scenes.pretraining_pair(seed, i)`. Writes fp16 safetensors (with the
-run's settings as metadata) and a loss curve PNG + JSON at --curve.
+[k*B, (k+1)*B) of the stream `scenes.pretraining_pair(seed, i, captions)`, drawn by ``--workers``
+render processes. Each model's schedule is its entry in `RECIPES`. The full state is checkpointed every
+few minutes under a name derived from the settings, so the same command resumes where a run stopped,
+with the same weights as an uninterrupted run on the same machine and thread count; ``--minutes`` stops a
+piece after that long (at a checkpoint), so a long CPU pretraining can run in pieces. Writes fp16
+safetensors (with the run's settings as metadata) and a loss curve PNG + JSON at --curve.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from tqdm import tqdm
 
 from clipfit.text_encoding import encode_truncated
 from clipfit_world.model import MEAN, MODEL_NAME, STD, create_mini_clip
-from clipfit_world.scenes import pretraining_pair
+from clipfit_world.scenes import CAPTIONS, pretraining_pair
 
 
 @dataclass
 class PretrainConfig:
+    model: str = MODEL_NAME
+    captions: str = "v1"  # scenes.CAPTIONS
     seed: int = 0
     steps: int = 3600
     batch_size: int = 128
@@ -39,6 +47,21 @@ class PretrainConfig:
     threads: int = 2
     bf16: bool = True  # bf16 autocast for the matmuls (fp32 master weights)
     checkpoint_every: int = 200
+    checkpoint_minutes: float = 5.0
+    device: str = "cpu"
+    workers: int = 1  # render processes
+
+
+# What neither changes the weights nor is part of a checkpoint's identity. The device is left out so that a
+# piece on a GPU and a piece on CPU continue one run (bit-exact resumption holds within one device).
+NOT_IDENTITY = ("checkpoint_every", "checkpoint_minutes", "device", "workers")
+
+# Each built-in model's pretraining recipe, the defaults of `--model`. mini-clip's is the one its shipped
+# weights were made with (README, "The built-in mini CLIPs").
+RECIPES: dict[str, dict] = {
+    "mini-clip": {"captions": "v1", "steps": 3600, "batch_size": 128, "lr": 1.5e-3, "warmup": 100},
+    "mini-clip-b": {"captions": "v2", "steps": 6000, "batch_size": 128, "lr": 1e-3, "warmup": 300},
+}
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -51,18 +74,19 @@ def images_to_tensor(images) -> torch.Tensor:
 class _Batches(torch.utils.data.Dataset):
     """Batch k of the stream, rendered in a worker process so drawing overlaps training."""
 
-    def __init__(self, seed: int, batch_size: int, steps: int, offset: int = 0):
+    def __init__(self, cfg: PretrainConfig, steps: int, offset: int = 0):
         import open_clip
 
-        self.seed, self.batch_size, self.steps, self.offset = seed, batch_size, steps, offset
-        self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        self.seed, self.captions, self.batch_size = cfg.seed, cfg.captions, cfg.batch_size
+        self.steps, self.offset = steps, offset
+        self.tokenizer = open_clip.get_tokenizer(cfg.model)
 
     def __len__(self):
         return self.steps
 
     def __getitem__(self, k):
         k += self.offset
-        pairs = [pretraining_pair(self.seed, k * self.batch_size + j) for j in range(self.batch_size)]
+        pairs = [pretraining_pair(self.seed, k * self.batch_size + j, self.captions) for j in range(self.batch_size)]
         return images_to_tensor([p[0] for p in pairs]), self.tokenizer([p[1] for p in pairs])
 
 
@@ -80,7 +104,7 @@ def _param_groups(model, weight_decay):
 
 def clip_loss(image_features, text_features, logit_scale):
     logits = logit_scale * image_features @ text_features.T
-    labels = torch.arange(logits.shape[0])
+    labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
@@ -111,8 +135,8 @@ def _save(model, path: Path, cfg: PretrainConfig, losses, wall: float) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     final = float(np.mean(losses[-50:]))
-    meta = {"model": MODEL_NAME, **{k: str(v) for k, v in asdict(cfg).items()}, "final_loss": f"{final:.4f}",
-            "wall_seconds": f"{wall:.0f}"}
+    meta = {**{k: str(v) for k, v in asdict(cfg).items()}, "final_loss": f"{final:.4f}",
+            "wall_seconds": f"{wall:.0f}", "pairs_seen": str(len(losses) * cfg.batch_size)}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
     tmp.chmod(0o644)  # safetensors writes 0600; the file ships with the package
@@ -128,93 +152,137 @@ def _lr_at(cfg: PretrainConfig, step: int) -> float:
 
 
 def _checkpoint_path(cfg: PretrainConfig, directory: Path) -> Path:
-    settings = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}  # it does not change the weights
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return directory / f"checkpoint_seed{cfg.seed}_{digest}.pt"
+    return directory / f"checkpoint_{cfg.model}_seed{cfg.seed}_{digest}.pt"
 
 
-def pretrain_mini_clip(out: Path | str, seed: int = 0, steps: int = 3600, batch_size: int = 128,
-                       lr: float = 1.5e-3, curve: Path | str | None = None, **kwargs) -> Path:
-    """Pretrain the mini CLIP from scratch and save it as fp16 safetensors at `out`.
+def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, curve: Path | str | None = None,
+                       minutes: float | None = None, **kwargs) -> Path | None:
+    """Pretrain the built-in model ``model`` from scratch and save it as fp16 safetensors at `out`.
 
-    One warmup + cosine schedule over `steps` batches. Every `checkpoint_every` steps the full state
-    (fp32 weights, optimizer, losses) is written next to the curve, under a name derived from the
-    settings; running the same command again resumes from it and gives the same weights as an
-    uninterrupted run.
+    One warmup + cosine schedule over `steps` batches, with `RECIPES[model]` as the defaults of the
+    settings not given in ``kwargs`` (`PretrainConfig`'s fields). The full state (fp32 weights, optimizer,
+    losses, the time each piece took) is written next to the curve every `checkpoint_every` steps and every
+    `checkpoint_minutes`, under a name derived from the settings; running the same command again resumes
+    from it and gives the same weights as an uninterrupted run. With ``minutes``, this piece stops at the
+    first step after that many minutes, checkpointed, and returns None; otherwise it returns `out`.
     """
-    cfg = PretrainConfig(seed=seed, steps=steps, batch_size=batch_size, lr=lr, **kwargs)
+    cfg = PretrainConfig(model=model, seed=seed, **{**RECIPES[model], **kwargs})
     out = Path(out)
-    curve = Path(curve) if curve else Path("runs") / "mini-clip-pretrain" / f"loss_seed{seed}.png"
+    curve = Path(curve) if curve else Path("runs") / f"{model}-pretrain" / f"loss_seed{seed}.png"
     checkpoint = _checkpoint_path(cfg, curve.parent)
+    device = torch.device(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = create_mini_clip(pretrained=False)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    net = create_mini_clip(pretrained=False, name=cfg.model).to(device)
+    opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     losses: list[float] = []
-    wall = 0.0
+    pieces: list[dict] = []  # one per run of the command: steps done, seconds, where
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
+        state = torch.load(checkpoint, weights_only=True, map_location=device)
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        losses, wall = state["losses"], state["wall_seconds"]
+        losses, pieces = state["losses"], state["pieces"]
         print(f"resuming from {checkpoint} at step {len(losses)}")
-    loader = torch.utils.data.DataLoader(_Batches(cfg.seed, cfg.batch_size, cfg.steps - len(losses), len(losses)),
-                                         batch_size=None, shuffle=False, num_workers=1,
-                                         worker_init_fn=_worker_init, prefetch_factor=4)
-    model.train()
-    start = time.time() - wall
-    bar = tqdm(loader, initial=len(losses), total=cfg.steps, desc="pretrain mini-clip", dynamic_ncols=True)
+    piece = {"first_step": len(losses), "steps": 0, "seconds": 0.0, "device": str(device),
+             "threads": cfg.threads, "workers": cfg.workers}
+    pieces.append(piece)
+    loader = torch.utils.data.DataLoader(_Batches(cfg, cfg.steps - len(losses), len(losses)),
+                                         batch_size=None, shuffle=False, num_workers=cfg.workers,
+                                         worker_init_fn=_worker_init, prefetch_factor=4,
+                                         pin_memory=device.type == "cuda")
+    net.train()
+    start = last_checkpoint = time.time()
+
+    def write_checkpoint():
+        piece["seconds"] = time.time() - start
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                    "pieces": pieces}, tmp)
+        tmp.replace(checkpoint)
+        _write_curve(curve, cfg, losses, pieces)
+
+    bar = tqdm(loader, initial=len(losses), total=cfg.steps, desc=f"pretrain {cfg.model}", dynamic_ncols=True)
     for images, tokens in bar:
         step = len(losses)
         for g in opt.param_groups:
             g["lr"] = _lr_at(cfg, step)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            fi = model.encode_image(images)
-            ft = encode_truncated(model, tokens)
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            fi = net.encode_image(images)
+            ft = encode_truncated(net, tokens)
         fi, ft = F.normalize(fi.float(), dim=-1), F.normalize(ft.float(), dim=-1)
-        loss = clip_loss(fi, ft, model.logit_scale.exp())
+        loss = clip_loss(fi, ft, net.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            net.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        if len(losses) % cfg.checkpoint_every == 0 and len(losses) < cfg.steps:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
-                        "wall_seconds": time.time() - start}, tmp)
-            tmp.replace(checkpoint)
-    wall = time.time() - start
-    final = _save(model, out, cfg, losses, wall)
-    plot_curve(losses, curve, f"mini-clip pretraining (seed {seed}, final {final:.3f})")
-    curve.with_suffix(".json").write_text(json.dumps({"config": asdict(cfg), "wall_seconds": wall,
-                                                      "final_loss": final, "losses": losses}),
-                                           encoding="utf-8")
+        piece["steps"] += 1
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{net.logit_scale.exp().item():.1f}")
+        if len(losses) < cfg.steps:
+            now = time.time()
+            stop = minutes is not None and now - start >= 60 * minutes
+            if stop or len(losses) % cfg.checkpoint_every == 0 or now - last_checkpoint >= 60 * cfg.checkpoint_minutes:
+                write_checkpoint()
+                last_checkpoint = now
+            if stop:
+                bar.close()
+                print(f"stopped after {piece['seconds'] / 60:.1f} min at step {len(losses)} of {cfg.steps}; "
+                      f"the same command resumes from {checkpoint}")
+                return None
+    piece["seconds"] = time.time() - start
+    wall = sum(p["seconds"] for p in pieces)
+    final = _save(net, out, cfg, losses, wall)
+    _write_curve(curve, cfg, losses, pieces)
     checkpoint.unlink(missing_ok=True)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), loss curve {curve}, {wall / 60:.1f} min, "
           f"final loss {final:.3f}")
     return out
 
 
+def _write_curve(curve: Path, cfg: PretrainConfig, losses: list[float], pieces: list[dict]) -> None:
+    """The loss curve PNG and the JSON behind it (settings, every loss, each piece's steps and time)."""
+    final = float(np.mean(losses[-50:])) if losses else float("nan")
+    plot_curve(losses, curve, f"{cfg.model} pretraining (seed {cfg.seed}, step {len(losses)}, loss {final:.3f})")
+    wall = sum(p["seconds"] for p in pieces)
+    text = json.dumps({"config": asdict(cfg), "wall_seconds": wall, "final_loss": final,
+                       "pairs_seen": len(losses) * cfg.batch_size, "pieces": pieces, "losses": losses})
+    tmp = curve.with_suffix(".json.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(curve.with_suffix(".json"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = PretrainConfig()
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", choices=sorted(RECIPES), default=MODEL_NAME,
+                   help="the built-in model; its recipe (RECIPES) gives the defaults of the schedule's flags")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--captions", choices=CAPTIONS, help="caption style (default: the model's recipe)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (part of the checkpoint's identity)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=d.workers, help="render processes drawing the world")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between resumable checkpoints")
-    p.add_argument("--curve", type=Path, default=None, help="loss curve PNG (default runs/mini-clip-pretrain/)")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+                   help="minutes between resumable checkpoints")
+    p.add_argument("--minutes", type=float, help="stop this piece after this many minutes (resumable)")
+    p.add_argument("--curve", type=Path, default=None, help="loss curve PNG (default runs/<model>-pretrain/)")
     a = p.parse_args(argv)
-    pretrain_mini_clip(a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr, curve=a.curve,
-                       warmup=a.warmup, threads=a.threads, bf16=a.bf16, checkpoint_every=a.checkpoint_every)
+    given = {k: getattr(a, k) for k in ("captions", "steps", "batch_size", "lr", "warmup") if getattr(a, k) is not None}
+    pretrain_mini_clip(a.out, model=a.model, seed=a.seed, curve=a.curve, minutes=a.minutes, threads=a.threads,
+                       bf16=a.bf16, device=a.device, workers=a.workers, checkpoint_every=a.checkpoint_every,
+                       checkpoint_minutes=a.checkpoint_minutes, **given)
 
 
 if __name__ == "__main__":

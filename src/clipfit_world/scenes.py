@@ -3,7 +3,8 @@
 A pair is a function of (seed, index) alone: `pretraining_pair(seed, i)` draws from
 `numpy.random.default_rng([seed, i])`, so the stream is deterministic, indexable and order-free.
 Captions mention a random subset of what is drawn, in varied templates and synonyms, so the text
-tower has to learn words, not one template.
+tower has to learn words, not one template. Two caption styles (`CAPTIONS`): v1, the stream mini-clip was
+pretrained on (pinned by a test), and v2, the same images described in richer language (mini-clip-b's).
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def _background(rng: np.random.Generator):
     kind = _pick(rng, R.BACKGROUNDS)
     bg_color = _pick(rng, ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"])
     canvas = R.background(kind, rng, bg_color)
-    if rng.random() < BUSY_BACKGROUND:  # a few uncaptioned strokes, as web photos have things nobody mentions
+    busy = rng.random() < BUSY_BACKGROUND
+    if busy:  # a few uncaptioned strokes, as web photos have things nobody mentions
         canvas = R.clutter(canvas, rng, int(rng.integers(1, 4)))
-    return kind, bg_color, canvas
+    return kind, bg_color, canvas, busy
 
 
 def _bg_phrase(rng, kind, bg_color) -> str:
@@ -148,8 +150,8 @@ def object_phrase(rng, shape, color, pattern, size_word, hollow) -> str:
     return _a(phrase)
 
 
-def single_object(rng) -> tuple[np.ndarray, str]:
-    kind, bg_color, canvas = _background(rng)
+def single_object(rng) -> tuple[np.ndarray, str, bool]:
+    kind, bg_color, canvas, busy = _background(rng)
     shape = _pick(rng, R.SHAPES)
     color = _contrasting_color(rng, kind)
     u = rng.random()
@@ -167,11 +169,11 @@ def single_object(rng) -> tuple[np.ndarray, str]:
     if rng.random() < 0.25:
         extras.append(_position_word(cx, cy))
     rng.shuffle(extras)
-    return canvas, _pick(rng, PREFIXES).format(" ".join([np_] + extras))
+    return canvas, _pick(rng, PREFIXES).format(" ".join([np_] + extras)), busy
 
 
-def glyph(rng) -> tuple[np.ndarray, str]:
-    kind, bg_color, canvas = _background(rng)
+def glyph(rng) -> tuple[np.ndarray, str, bool]:
+    kind, bg_color, canvas, busy = _background(rng)
     is_digit = rng.random() < 0.45
     char = _pick(rng, R.DIGITS) if is_digit else _pick(rng, R.LETTERS)
     upper = (not is_digit) and rng.random() < 0.5
@@ -198,10 +200,10 @@ def glyph(rng) -> tuple[np.ndarray, str]:
                           f"the character {char}", f"{_a(col + case + char)}"])
     if rng.random() < 0.2:
         cap += " " + _bg_phrase(rng, kind, bg_color)
-    return canvas, _pick(rng, PREFIXES).format(cap + style)
+    return canvas, _pick(rng, PREFIXES).format(cap + style), busy
 
 
-def texture(rng) -> tuple[np.ndarray, str]:
+def texture(rng) -> tuple[np.ndarray, str, bool]:
     pattern = _pick(rng, R.PATTERNS)
     c1 = _pick(rng, list(R.COLORS))
     c2 = _pick(rng, [c for c in R.COLORS if c != c1 and {c, c1} != {"black", "gray"}])
@@ -212,11 +214,11 @@ def texture(rng) -> tuple[np.ndarray, str]:
     colors = f"{_pick(rng, COLOR_WORDS[c1])} and {_pick(rng, COLOR_WORDS[c2])}"
     cap = _pick(rng, [f"a {noun} texture", f"a {noun} pattern", f"{noun} in {colors}", f"a texture of {noun}",
                       f"a {colors} {noun} pattern", f"a background of {noun}", f"{noun}", f"a surface with {noun}"])
-    return canvas, _pick(rng, PREFIXES[:5]).format(cap)
+    return canvas, _pick(rng, PREFIXES[:5]).format(cap), False
 
 
-def count(rng) -> tuple[np.ndarray, str]:
-    kind, bg_color, canvas = _background(rng)
+def count(rng) -> tuple[np.ndarray, str, bool]:
+    kind, bg_color, canvas, busy = _background(rng)
     n = int(rng.integers(2, 6))
     shape, color = _pick(rng, R.SHAPES), _contrasting_color(rng, kind)
     cells = rng.permutation(9)[:n]
@@ -230,15 +232,15 @@ def count(rng) -> tuple[np.ndarray, str]:
     col = (_pick(rng, COLOR_WORDS[color]) + " ") if rng.random() < 0.6 else ""
     cap = _pick(rng, [f"{num} {col}{plural}", f"a group of {num} {col}{plural}", f"{num} small {col}{plural}",
                       f"exactly {num} {col}{plural}", f"several {col}{plural}"])
-    return canvas, _pick(rng, PREFIXES).format(cap)
+    return canvas, _pick(rng, PREFIXES).format(cap), busy
 
 
 RELATIONS = {"left": ("to the left of", "right"), "right": ("to the right of", "left"),
              "above": ("above", "below"), "below": ("below", "above")}
 
 
-def relation(rng) -> tuple[np.ndarray, str]:
-    kind, bg_color, canvas = _background(rng)
+def relation(rng) -> tuple[np.ndarray, str, bool]:
+    kind, bg_color, canvas, busy = _background(rng)
     s1, s2 = rng.permutation(len(R.SHAPES))[:2]
     s1, s2 = R.SHAPES[s1], R.SHAPES[s2]
     c1 = _contrasting_color(rng, kind)
@@ -260,27 +262,89 @@ def relation(rng) -> tuple[np.ndarray, str]:
         cap = f"{second} {RELATIONS[inverse][0]} {first}"
     else:
         cap = f"{first} and {second}"
-    return canvas, _pick(rng, PREFIXES).format(cap)
+    return canvas, _pick(rng, PREFIXES).format(cap), busy
 
 
 SCENES = ((single_object, 0.34), (glyph, 0.34), (texture, 0.12), (count, 0.10), (relation, 0.10))
 _CUM = np.cumsum([w for _, w in SCENES])
 
 
-def pretraining_pair(seed: int, index: int) -> tuple[Image.Image, str]:
-    """The index-th (image, caption) pair of the pretraining stream for `seed`."""
+# --- captions "v2": the same images, captions rephrased in richer language ---------------------------------
+# v1 is the caption stream the shipped mini-clip was pretrained on, so it never changes. v2 rewrites each v1
+# caption with a second generator ([seed, index, 2]), so that the images, and every downstream task, stay
+# exactly those of v1: a framing from a larger set (CLIP's own prompt styles among them), synonyms for the
+# words that carry no class, and the photo's real defects named (its blur, its noise, its uncaptioned
+# strokes), which v1 never says.
+CAPTIONS = ("v1", "v2")
+FRAMES_V2 = [
+    "a photo of {}", "a picture of {}", "an image of {}", "a drawing of {}", "{}", "{}", "a rendering of {}",
+    "a close-up of {}", "there is {} here", "a photograph of {}", "a snapshot of {}", "a sketch of {}",
+    "a painting of {}", "an illustration of {}", "a cropped photo of {}", "a good photo of {}", "art of {}",
+    "a graphic of {}", "a poster showing {}", "a screenshot of {}", "this is {}",
+    "here we see {}", "the picture shows {}", "you can see {} in this image", "look at {}",
+    "an example of {}", "a simple icon of {}", "a digital drawing of {}", "{} in a photo",
+    "{}, photographed", "a clear view of {}", "a scan of {}",
+]
+# word -> the words that may replace it where it stands alone (the meaning stays; no class name is touched)
+SYNONYMS_V2 = {
+    "small": ["small", "tiny", "little", "compact"], "little": ["little", "small", "tiny"],
+    "large": ["large", "big", "huge", "giant"], "big": ["big", "large", "huge"],
+    "background": ["background", "backdrop", "ground"], "group": ["group", "set", "bunch", "collection"],
+    "several": ["several", "some", "a few", "a number of"], "exactly": ["exactly", "precisely", "just"],
+    "pattern": ["pattern", "design", "motif"], "texture": ["texture", "surface", "fabric"],
+    "surface": ["surface", "material"], "hollow": ["hollow", "empty", "unfilled"],
+    "outlined": ["outlined", "line-drawn"], "solid": ["solid", "filled"], "plain": ["plain", "simple"],
+    "light": ["light", "pale", "soft"], "dark": ["dark", "deep", "dim"], "noisy": ["noisy", "grainy"],
+    "textured": ["textured", "rough"], "mottled": ["mottled", "blotchy"], "type": ["type", "font", "print"],
+    "character": ["character", "symbol", "sign"], "numeral": ["numeral", "figure"],
+    "center": ["center", "middle"], "and": ["and", "together with", "next to", "along with"],
+    "above": ["above", "over"], "below": ["below", "under", "beneath"],
+}
+DEFECTS_V2 = {"blur": ["blurry", "blurred", "out-of-focus", "soft-focus"],
+              "noise": ["noisy", "grainy", "low-light"], "clutter": ["with a few scribbles", "with stray marks",
+                                                                    "with some clutter", "with lines in the back"]}
+
+
+def _rephrase(caption: str, rng: np.random.Generator, blur: float, noise: float, clutter: bool) -> str:
+    body = caption
+    for frame in sorted(dict.fromkeys(PREFIXES), key=len, reverse=True):  # the v1 framing, longest first
+        head, _, tail = frame.partition("{}")
+        if frame != "{}" and body.startswith(head) and body.endswith(tail):
+            body = body[len(head):len(body) - len(tail)]
+            break
+    words = body.split(" ")
+    body = " ".join(_pick(rng, SYNONYMS_V2[w]) if w in SYNONYMS_V2 and rng.random() < 0.5 else w for w in words)
+    if clutter and rng.random() < 0.5:
+        body += " " + _pick(rng, DEFECTS_V2["clutter"])
+    defects = [w for kind, on in (("blur", blur > 0.3), ("noise", noise > 3.0)) if on
+               for w in [_pick(rng, DEFECTS_V2[kind])]]
+    if defects and rng.random() < 0.7:
+        return _a(f"{' '.join(defects)} {_pick(rng, ['photo', 'picture', 'image', 'shot'])}") + f" of {body}"
+    return _pick(rng, FRAMES_V2).format(body)
+
+
+def pretraining_pair(seed: int, index: int, captions: str = "v1") -> tuple[Image.Image, str]:
+    """The index-th (image, caption) pair of the pretraining stream for `seed`; ``captions`` is the caption
+    style (`CAPTIONS`: "v1", mini-clip's, or "v2", the same image described in richer language)."""
+    if captions not in CAPTIONS:
+        raise ValueError(f"captions {captions!r}: not one of {', '.join(CAPTIONS)}")
     rng = np.random.default_rng([seed, index])
     scene = SCENES[int(np.searchsorted(_CUM, rng.random() * _CUM[-1]))][0]
-    canvas, caption = scene(rng)
+    canvas, caption, busy = scene(rng)
     image = R.finish(canvas)
+    blur = noise = 0.0
     if rng.random() < DEGRADED:
-        image = R.add_noise(R.blur(image, rng.uniform(0.0, 0.6)), rng.uniform(0.0, 6.0), rng)
-    return image, caption.replace("  ", " ")
+        blur, noise = rng.uniform(0.0, 0.6), rng.uniform(0.0, 6.0)
+        image = R.add_noise(R.blur(image, blur), noise, rng)
+    caption = caption.replace("  ", " ")
+    if captions == "v2":
+        caption = _rephrase(caption, np.random.default_rng([seed, index, 2]), blur, noise, busy)
+    return image, caption
 
 
-def iterate_pretraining_pairs(seed: int, start: int = 0) -> Iterator[tuple[Image.Image, str]]:
+def iterate_pretraining_pairs(seed: int, start: int = 0, captions: str = "v1") -> Iterator[tuple[Image.Image, str]]:
     """The endless pretraining stream: (64x64 RGB PIL image, caption) pairs, in the pretraining style."""
     i = start
     while True:
-        yield pretraining_pair(seed, i)
+        yield pretraining_pair(seed, i, captions)
         i += 1
