@@ -113,3 +113,24 @@ def test_a_readme_without_the_markers_is_refused_before_any_run(tmp_path, capsys
               "--data-root", str(tmp_path / "data")])
     assert "no <!-- mini-world-leaderboard:start -->" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_table_on_another_built_in_model_has_its_own_runs_and_markers(tmp_path, capsys):
+    """mini-clip keeps its folder and markers; mini-clip-b's table runs on mini-clip-b with names of its own."""
+    from clipfit.cli import main
+    from clipfit_world.tables import _setting, readme_names, table_out
+
+    assert readme_names("mini-clip") == ("mini-world-table", "mini-world-leaderboard")
+    assert readme_names("mini-clip-b") == ("mini-world-table-mini-clip-b", "mini-world-leaderboard-mini-clip-b")
+    assert table_out("mini-clip") == "runs/mini-world-table"
+    assert table_out("mini-clip-b") == "runs/mini-world-table-mini-clip-b"
+    config = _setting(MiniWorldTableConfig(model="mini-clip-b"), "mini_colors", "clipfit", "base2new", [1])
+    assert config.model == "mini-clip-b" and config.pretrained == "builtin"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- mini-world-table:start -->\n<!-- mini-world-table:end -->\n"
+                      "<!-- mini-world-leaderboard:start -->\n<!-- mini-world-leaderboard:end -->\n")
+    with pytest.raises(SystemExit):  # mini-clip's markers are not mini-clip-b's: refused before any run
+        main(["table", "mini-world", "--model", "mini-clip-b", "--readme", str(readme),
+              "--out", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")])
+    assert "no <!-- mini-world-table-mini-clip-b:start -->" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from clipfit import defaults
 from clipfit.plugins import Command, register_command
-from clipfit_world.defaults import DEMO_EPOCHS, DEMO_OUT, DEMO_TASK, TABLE_OUT
+from clipfit_world.defaults import BUILTIN_MODELS, DEMO_EPOCHS, DEMO_OUT, DEMO_TASK, TABLE_OUT
 
 DATA_ROOT_DEFAULT = f"default: $CLIPFIT_DATA, else {defaults.CACHE_ROOT}/data"
 
@@ -45,6 +45,8 @@ def _run_demo(args) -> None:
 
 
 def _table_arguments(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--model", choices=BUILTIN_MODELS, default=BUILTIN_MODELS[0],
+                   help="the built-in model every run starts from")
     t.add_argument("--methods", nargs="+", default=["all"],
                    help="methods to compare with zero-shot "
                         "(CLIPFit always; 'all': every registered method that trains)")
@@ -52,8 +54,10 @@ def _table_arguments(t: argparse.ArgumentParser) -> None:
                    help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
     t.add_argument("--epochs", type=int, help="training epochs for every method (default: each method's own recipe)")
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
-    t.add_argument("--out", default=TABLE_OUT, help="run folders; finished runs are reused")
-    t.add_argument("--readme", type=Path, help="write the table into this README between its markers")
+    t.add_argument("--out", help=f"run folders; finished runs are reused (default {TABLE_OUT}, or "
+                                 f"{TABLE_OUT}-<model> for another model)")
+    t.add_argument("--readme", type=Path, help="write the table into this README between its markers (for another "
+                                               "model than mini-clip, markers named with -<model>)")
     t.add_argument("--finished-only", action="store_true",
                    help="run nothing: write the tables from the runs finished so far (cells still to run show …)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -63,11 +67,11 @@ def _run_table(args) -> None:
     from clipfit.methods import get_method
     from clipfit.readme import check_markers, update_readme
     from clipfit_world.tables import (
-        LEADERBOARD,
-        README_NAME,
         MiniWorldTableConfig,
         leaderboard_markdown,
         mini_world_table,
+        readme_names,
+        table_out,
         to_markdown,
         trained_methods,
     )
@@ -77,15 +81,16 @@ def _run_table(args) -> None:
         get_method(name)  # an unknown name fails before any run
     if "clipfit" not in methods:
         methods = [*methods, "clipfit"]  # the per-task table shows it
+    names = readme_names(args.model)
     if args.readme:
-        check_markers(args.readme, [README_NAME, LEADERBOARD])  # before hours of runs, not after
-    table = MiniWorldTableConfig(methods=methods, seeds=args.seeds, epochs=args.epochs,
-                                 data_root=args.data_root or str(defaults.default_data_root()), out=args.out,
-                                 run_missing=not args.finished_only)
+        check_markers(args.readme, list(names))  # before hours of runs, not after
+    table = MiniWorldTableConfig(model=args.model, methods=methods, seeds=args.seeds, epochs=args.epochs,
+                                 data_root=args.data_root or str(defaults.default_data_root()),
+                                 out=args.out or table_out(args.model), run_missing=not args.finished_only)
     rows = mini_world_table(table, progress=not args.no_progress)
     markdown, leaderboard = to_markdown(table, rows), leaderboard_markdown(table, rows)
     print(markdown, leaderboard, sep="\n\n")
     if args.readme:
-        update_readme(args.readme, markdown, README_NAME)
-        update_readme(args.readme, leaderboard, LEADERBOARD)
+        update_readme(args.readme, markdown, names[0])
+        update_readme(args.readme, leaderboard, names[1])
         print(f"updated {args.readme}")

@@ -7,3 +7,5 @@ DEMO_OUT = "runs/demo"
 DEMO_EPOCHS = 100
 # Where `clipfit table mini-world` keeps its run folders (finished runs are reused).
 TABLE_OUT = "runs/mini-world-table"
+# The built-in models (`clipfit_world.model`); the first is the one the demo, the tests and the tables use.
+BUILTIN_MODELS = ("mini-clip", "mini-clip-b")

@@ -19,9 +19,9 @@ import open_clip
 import torch
 
 from clipfit.backbone import BUILTIN, load_backbone
+from clipfit_world.defaults import BUILTIN_MODELS as MODELS
 
-MODEL_NAME = "mini-clip"
-MODELS = ("mini-clip", "mini-clip-b")
+MODEL_NAME = MODELS[0]
 # The architectures' open_clip JSON configs and their pretrained weights ship in this package; the plugin
 # (`clipfit_world.plugin`) registers both, so that `--model mini-clip --pretrained builtin` loads them.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
