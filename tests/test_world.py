@@ -181,6 +181,17 @@ def test_mini_clip_b_has_clips_shape_at_a_size_that_ships():
         create_mini_clip(pretrained=False, name="mini-clip-c")
 
 
+# The SHA-256 of the shipped mini-clip.safetensors (commit 7a6df8c): run folders record it as the base weights'
+# fingerprint, so the file must stay the same for runs made on it to resume.
+MINI_CLIP_SHA256 = "7d4c0242838d3ddfade194a31454b2f817b81cb6a6c08c69650fc5d899f692b4"
+
+
+def test_mini_clip_keeps_the_weights_old_runs_recorded():
+    from clipfit.backbone import weights_fingerprint
+
+    assert weights_fingerprint("mini-clip", "builtin") == f"sha256:{MINI_CLIP_SHA256}"
+
+
 def test_builtin_weights_load_strictly_and_are_small():
     assert WEIGHTS.stat().st_size < 25e6
     with safe_open(str(WEIGHTS), framework="pt") as f:
@@ -256,6 +267,19 @@ def test_pretraining_in_timed_pieces_equals_an_uninterrupted_run(tmp_path, model
     assert [p["steps"] for p in curve["pieces"]] == [1, 1, 1] and curve["pairs_seen"] == 12
     with safe_open(str(tmp_path / "pieces.safetensors"), framework="pt") as f:
         assert f.metadata()["model"] == model and f.metadata()["pairs_seen"] == "12"
+
+
+def test_the_number_of_render_workers_does_not_change_the_weights(tmp_path):
+    """Batch k is pairs [kB, (k+1)B) whoever draws it: no workers (the main process), one, or two."""
+    from clipfit_world.pretrain import pretrain_mini_clip
+
+    weights = []
+    for workers in (0, 1, 2):
+        out = tmp_path / f"w{workers}.safetensors"
+        pretrain_mini_clip(out, seed=0, steps=3, batch_size=4, warmup=1, workers=workers,
+                           curve=tmp_path / f"w{workers}" / "loss.png")
+        weights.append(load_file(str(out)))
+    assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
 
 
 def test_a_task_drawn_by_an_older_renderer_is_redrawn_whole(tmp_path, monkeypatch):

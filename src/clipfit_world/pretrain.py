@@ -190,7 +190,7 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
     pieces.append(piece)
     loader = torch.utils.data.DataLoader(_Batches(cfg, cfg.steps - len(losses), len(losses)),
                                          batch_size=None, shuffle=False, num_workers=cfg.workers,
-                                         worker_init_fn=_worker_init, prefetch_factor=4,
+                                         worker_init_fn=_worker_init, prefetch_factor=4 if cfg.workers else None,
                                          pin_memory=device.type == "cuda")
     net.train()
     start = last_checkpoint = time.time()
