@@ -23,8 +23,9 @@ def register() -> None:
                              "mini CLIP (offline, seconds)", _demo_arguments, _run_demo))
     register_command(Command("mini-world", "mini CLIP zero-shot per mini-world task; every method's few-shot "
                              "(1-16 shots) and 16-shot base-to-new", _table_arguments, _run_table, parent="table"))
-
-
+    register_command(Command("builtin-models", "the built-in models side by side: zero-shot, linear-probe ceiling, "
+                             "CLIPFit and its halves base-to-new, class-feature drift", _compare_arguments,
+                             _run_compare, parent="table"))
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,4 +94,31 @@ def _run_table(args) -> None:
     if args.readme:
         update_readme(args.readme, markdown, names[0])
         update_readme(args.readme, leaderboard, names[1])
+        print(f"updated {args.readme}")
+
+
+def _compare_arguments(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--models", nargs="+", choices=BUILTIN_MODELS, default=list(BUILTIN_MODELS))
+    t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
+                   help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
+    t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
+    t.add_argument("--readme", type=Path, help="write the table into this README between its builtin-models markers")
+    t.add_argument("--finished-only", action="store_true",
+                   help="run nothing: write the table from the runs finished so far (cells still to run show …)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_compare(args) -> None:
+    from clipfit.readme import check_markers, update_readme
+    from clipfit_world.compare import README_NAME, CompareConfig, compare_models, to_markdown
+
+    if args.readme:
+        check_markers(args.readme, [README_NAME])  # before hours of runs, not after
+    compare = CompareConfig(models=args.models, seeds=args.seeds,
+                            data_root=args.data_root or str(defaults.default_data_root()),
+                            run_missing=not args.finished_only)
+    markdown = to_markdown(compare, compare_models(compare, progress=not args.no_progress))
+    print(markdown)
+    if args.readme:
+        update_readme(args.readme, markdown, README_NAME)
         print(f"updated {args.readme}")
