@@ -38,11 +38,17 @@ def test_pretraining_stream_is_deterministic_per_seed():
 V1_CAPTIONS_SHA256 = "61d4f31d3da7a963beb448c5a3d97f12e67980aa60de0ee14b3072f7cc0d4e22"
 
 
-def test_the_v1_caption_stream_is_the_one_mini_clip_was_pretrained_on():
+# The same for v2, computed at commit edc44ef, the stream mini-clip-b's pretraining draws: a run in pieces
+# must see one stream, and the shipped file must reproduce from the command.
+V2_CAPTIONS_SHA256 = "3e14b3d9d3a0cadc9ca1e633f82baed6aefe2c636937411467cc25fb888ec759"
+
+
+@pytest.mark.parametrize(("captions", "expected"), [("v1", V1_CAPTIONS_SHA256), ("v2", V2_CAPTIONS_SHA256)])
+def test_each_caption_stream_is_the_one_its_model_was_pretrained_on(captions, expected):
     digest = hashlib.sha256()
     for i in range(256):
-        digest.update(pretraining_pair(0, i)[1].encode() + b"\n")
-    assert digest.hexdigest() == V1_CAPTIONS_SHA256
+        digest.update(pretraining_pair(0, i, captions)[1].encode() + b"\n")
+    assert digest.hexdigest() == expected
 
 
 def test_v2_captions_describe_the_same_images_in_richer_language():
@@ -55,8 +61,9 @@ def test_v2_captions_describe_the_same_images_in_richer_language():
         return {w for _, c in pairs for w in c.split()}
 
     assert len(words(v2)) > len(words(v1)) + 30
-    # The class words survive: every digit, letter and shape word v1 names is still in its v2 caption.
+    # The class words survive: every number, shape and colour word v1 names is still in its v2 caption.
     class_words = set(scenes.NUMBER_WORDS) | {w for ws in scenes.SHAPE_WORDS.values() for w in ws if " " not in w}
+    class_words |= {w for ws in scenes.COLOR_WORDS.values() for w in ws}
     for (_, a), (_, b) in zip(v1, v2, strict=True):
         assert {w for w in re.findall(r"[\w-]+", a) if w in class_words} <= set(re.findall(r"[\w-]+", b)), (a, b)
     # The defects v1 leaves uncaptioned are named in some v2 captions.
@@ -254,19 +261,40 @@ def test_pretraining_in_timed_pieces_equals_an_uninterrupted_run(tmp_path, model
 
     kw = {"model": model, "seed": 0, "steps": 3, "batch_size": 4, "warmup": 1}
     whole = pretrain_mini_clip(tmp_path / "whole.safetensors", curve=tmp_path / "whole" / "loss.png", **kw)
-    pieces = 0
     piece = tmp_path / "pieces.safetensors"
-    while pretrain_mini_clip(piece, curve=tmp_path / "p" / "loss.png", minutes=0, **kw) is None:
-        pieces += 1
+    for pieces in (1, 2):  # steps 1 and 2 each end a piece at its checkpoint
+        assert pretrain_mini_clip(piece, curve=tmp_path / "p" / "loss.png", minutes=0, **kw) is None
         curve = json.loads((tmp_path / "p" / "loss.json").read_text())
         assert len(curve["losses"]) == pieces and len(curve["pieces"]) == pieces  # the curve is kept as it goes
-    assert pieces == 2  # steps 1 and 2 each ended a piece; the third finished the run
-    first, second = load_file(str(whole)), load_file(str(tmp_path / "pieces.safetensors"))
+    assert pretrain_mini_clip(piece, curve=tmp_path / "p" / "loss.png", minutes=0, **kw) == piece  # the last step
+    first, second = load_file(str(whole)), load_file(str(piece))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     curve = json.loads((tmp_path / "p" / "loss.json").read_text())
+    # Every step's fp32 loss is equal too: the fp16 file alone could hide a difference below its rounding.
+    assert curve["losses"] == json.loads((tmp_path / "whole" / "loss.json").read_text())["losses"]
     assert [p["steps"] for p in curve["pieces"]] == [1, 1, 1] and curve["pairs_seen"] == 12
     with safe_open(str(tmp_path / "pieces.safetensors"), framework="pt") as f:
         assert f.metadata()["model"] == model and f.metadata()["pairs_seen"] == "12"
+
+
+def test_a_checkpoint_from_another_stream_or_a_second_copy_of_the_command_is_refused(tmp_path, monkeypatch):
+    from clipfit.errors import ClipFitError
+    from clipfit.files import Lock
+    from clipfit_world import pretrain
+
+    kw = {"seed": 0, "steps": 3, "batch_size": 4, "warmup": 1, "curve": tmp_path / "c" / "loss.png"}
+    assert pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", minutes=0, **kw) is None
+    (checkpoint,) = (tmp_path / "c").glob("checkpoint_*.pt")
+    with Lock(checkpoint.with_suffix(".lock"), "test"), pytest.raises(ClipFitError, match="is being written by pid"):
+        pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", **kw)
+    real = pretrain.stream_identity
+    monkeypatch.setattr(pretrain, "stream_identity", lambda cfg: {**real(cfg), "caption stream": "0" * 64})
+    with pytest.raises(ClipFitError, match="was made with another caption stream than this code has"):
+        pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", **kw)
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ClipFitError, match="cannot be read .*move it away"):
+        pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", **kw)
+    assert not (tmp_path / "w.safetensors").exists()
 
 
 def test_the_number_of_render_workers_does_not_change_the_weights(tmp_path):

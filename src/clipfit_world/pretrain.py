@@ -24,11 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from clipfit.errors import ClipFitError
+from clipfit.files import Lock
 from clipfit.text_encoding import encode_truncated
 from clipfit_world.model import MEAN, MODEL_NAME, STD, create_mini_clip
 from clipfit_world.scenes import CAPTIONS, pretraining_pair
@@ -52,8 +55,9 @@ class PretrainConfig:
     workers: int = 1  # render processes
 
 
-# What neither changes the weights nor is part of a checkpoint's identity. The device is left out so that a
-# piece on a GPU and a piece on CPU continue one run (bit-exact resumption holds within one device).
+# Settings left out of a checkpoint's name. The first three never change the weights. The device does (GPU
+# kernels round differently), but it is left out on purpose, so that a piece on a GPU and a piece on CPU
+# continue one run; bit-exact resumption holds within one device. Each piece's device is in `pieces`.
 NOT_IDENTITY = ("checkpoint_every", "checkpoint_minutes", "device", "workers")
 
 # Each built-in model's pretraining recipe, the defaults of `--model`. mini-clip's is the one its shipped
@@ -131,12 +135,13 @@ def plot_curve(losses: list[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _save(model, path: Path, cfg: PretrainConfig, losses, wall: float) -> float:
+def _save(model, path: Path, cfg: PretrainConfig, losses, pieces: list[dict], wall: float) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     final = float(np.mean(losses[-50:]))
-    meta = {**{k: str(v) for k, v in asdict(cfg).items()}, "final_loss": f"{final:.4f}",
-            "wall_seconds": f"{wall:.0f}", "pairs_seen": str(len(losses) * cfg.batch_size)}
+    meta = {**{k: str(v) for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}, "final_loss": f"{final:.4f}",
+            "wall_seconds": f"{wall:.0f}", "pairs_seen": str(len(losses) * cfg.batch_size),
+            "pieces": json.dumps(pieces)}  # where each piece ran: device, threads, workers, steps, seconds
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
     tmp.chmod(0o644)  # safetensors writes 0600; the file ships with the package
@@ -172,6 +177,38 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
     out = Path(out)
     curve = Path(curve) if curve else Path("runs") / f"{model}-pretrain" / f"loss_seed{seed}.png"
     checkpoint = _checkpoint_path(cfg, curve.parent)
+    # Two copies of one command would write one checkpoint: the second is refused, naming the first.
+    with Lock(checkpoint.with_suffix(".lock"), f"the pretraining checkpoint {checkpoint}"):
+        return _pretrain(cfg, out, curve, checkpoint, minutes)
+
+
+def stream_identity(cfg: PretrainConfig) -> dict[str, str]:
+    """What the weights depend on beyond the settings in the checkpoint's name: the architecture's open_clip
+    config, and the caption stream (the SHA-256 of its first 32 captions), so that a checkpoint is never
+    resumed by code that would draw another stream or build another model."""
+    config = json.dumps(open_clip.get_model_config(cfg.model), sort_keys=True)
+    captions = "\n".join(pretraining_pair(cfg.seed, i, cfg.captions)[1] for i in range(32))
+    return {"model config": hashlib.sha256(config.encode()).hexdigest(),
+            "caption stream": hashlib.sha256(captions.encode()).hexdigest()}
+
+
+def _load_checkpoint(checkpoint: Path, device: torch.device, identity: dict[str, str]) -> dict:
+    try:
+        state = torch.load(checkpoint, weights_only=True, map_location=device)
+    except Exception as err:  # torch.load fails in many ways on a damaged file; each means the same to the user
+        raise ClipFitError(f"the pretraining checkpoint {checkpoint} cannot be read (damaged or cut short: torch.load "
+                           f"raised {type(err).__name__}); move it away to start the run again") from None
+    if "identity" not in state:
+        print(f"note: {checkpoint} predates the stream check, so its model config and captions are not compared")
+    else:
+        changed = [k for k in identity if state["identity"].get(k) != identity[k]]
+        if changed:
+            raise ClipFitError(f"{checkpoint} was made with another {' and '.join(changed)} than this code has, so "
+                               "resuming it would mix two runs; move it away to start again")
+    return state
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, curve: Path, checkpoint: Path, minutes: float | None) -> Path | None:
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -179,8 +216,9 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
     opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     losses: list[float] = []
     pieces: list[dict] = []  # one per run of the command: steps done, seconds, where
+    identity = stream_identity(cfg)
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True, map_location=device)
+        state = _load_checkpoint(checkpoint, device, identity)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         losses, pieces = state["losses"], state["pieces"]
@@ -200,7 +238,7 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
-                    "pieces": pieces}, tmp)
+                    "pieces": pieces, "identity": identity}, tmp)
         tmp.replace(checkpoint)
         _write_curve(curve, cfg, losses, pieces)
 
@@ -236,7 +274,7 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
                 return None
     piece["seconds"] = time.time() - start
     wall = sum(p["seconds"] for p in pieces)
-    final = _save(net, out, cfg, losses, wall)
+    final = _save(net, out, cfg, losses, pieces, wall)
     _write_curve(curve, cfg, losses, pieces)
     checkpoint.unlink(missing_ok=True)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), loss curve {curve}, {wall / 60:.1f} min, "
