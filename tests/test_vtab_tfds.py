@@ -278,3 +278,31 @@ def test_the_module_needs_no_tensorflow():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {n for n in names if n.split(".")[0] in ("tensorflow", "tensorflow_datasets")}
+
+
+def test_shards_without_a_wanted_example_are_not_read(tmp_path):
+    from clipfit.data.tfds import export_vtab
+
+    tfds = tmp_path / "tfds"
+    # 4 train shards of 500: train800 takes [0, 800) and val200 [1800, 2000), so shard 2 ([1000, 1500)) holds
+    # nothing wanted. Its bytes are garbage: reading it would fail its CRC.
+    d = write_tfds(tfds, "cifar100", "3.0.2", {"train": _labelled(2000, 100), "test": _labelled(30, 100, 5000)},
+                   shards=4)
+    (d / "cifar100-train.tfrecord-00002-of-00004").write_bytes(b"\x00" * 64)
+    result = export_vtab(tfds, "cifar100", tmp_path / "o")
+    assert result.counts["train800"] == 800 and result.counts["val200"] == 200
+
+
+def test_a_task_already_on_disk_anywhere_the_loader_reads_is_not_written_again(cifar, tmp_path, capsys):
+    from clipfit.data.tfds import ExportedAlready, export_vtab
+
+    out = tmp_path / "o"
+    noah = out / "vtab1k" / "cifar100"  # NOAH's scripts' folder name, under the other parent the loader accepts
+    noah.mkdir(parents=True)
+    (noah / "test.txt").write_text("")
+    with pytest.raises(ExportedAlready, match=r"vtab1k/cifar100 already exists"):
+        export_vtab(cifar, "cifar100", out)
+    assert not (out / "vtab-1k").exists()
+    # --task all skips what is there and says so; exit status 0.
+    main(["data", "export-vtab", "--tfds-dir", str(cifar), "--task", "all", "--out", str(out)])
+    assert capsys.readouterr().out.startswith("cifar100: skipped, ")

@@ -444,7 +444,7 @@ def cmd_data_list(args) -> None:
 
 
 def cmd_data_export_vtab(args) -> None:
-    from .data.tfds import TASKS, export_vtab, tasks_found
+    from .data.tfds import TASKS, ExportedAlready, export_vtab, tasks_found
 
     out = args.out or str(default_data_root())
     tasks = tasks_found(args.tfds_dir) if args.task == "all" else [args.task]
@@ -452,7 +452,13 @@ def cmd_data_export_vtab(args) -> None:
         raise ClipFitError(f"no VTAB task's TFDS folder under {args.tfds_dir} (builders: "
                            f"{', '.join(sorted({t.builder for t in TASKS.values()}))})")
     for task in tasks:
-        r = export_vtab(args.tfds_dir, task, out)
+        try:
+            r = export_vtab(args.tfds_dir, task, out)
+        except ExportedAlready as err:
+            if args.task != "all":
+                raise
+            print(f"{task}: skipped, {err}")  # 'all' again after adding a builder exports only the new ones
+            continue
         counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
         print(f"{r.task}: wrote {r.folder} ({counts}) from {r.source}")
 

@@ -27,8 +27,9 @@ What was verified against what:
   in file order (TFDS resolves slices to per-shard skip/take over that order). TFDS's own *read* order with
   ``shuffle_files=False`` interleaves shards in blocks of 16 (its "TFDS and determinism" guide shows ids 0..15
   then 1251..), so the set of examples in each list is TFDS's, while the line order of a list that spans
-  several shards may differ from NOAH's. Lists are read as sets (training pools, test sets), so no result
-  depends on it. Not verified against a real TFDS folder in this repository: the tests write the layout.
+  several shards may differ from NOAH's: each list holds VTAB's images, but a seeded shuffle or few-shot
+  draw over it is not bit-comparable with one over NOAH's lists. Not verified against a real TFDS folder
+  in this repository: the tests write the layout.
 - Images are written as TFDS stored them (the encoded PNG or JPEG bytes, by their magic bytes), not
   re-encoded as NOAH's JPEGs, except dSprites: TFDS stores its 0/1 pixels, which VTAB multiplies by 255
   (``dsprites.py`` preprocess, after tiling it to 3 channels), so its PNGs are rewritten as RGB 0/255 pixels.
@@ -409,6 +410,10 @@ def _rescale_01(data: bytes, where: str) -> bytes:
     return out.getvalue()
 
 
+class ExportedAlready(DataError):
+    """The task is on disk already, in a folder the loader reads."""
+
+
 @dataclass
 class ExportResult:
     task: str
@@ -425,6 +430,13 @@ def export_vtab(tfds_dir: str | Path, task: str, out_root: str | Path) -> Export
     if spec.task in REFUSED:
         raise DataError(f"{spec.name}: not exported: {REFUSED[spec.task]}")
     t = TASKS[spec.task]
+    final = Path(out_root).expanduser() / PARENTS[0] / spec.folders[0]
+    # Any folder the loader would read the task from counts (vtab1k/, the data root, NOAH's folder names):
+    # a second copy beside it would be the one read, or be shadowed.
+    present = spec.found(Path(out_root).expanduser()) + ([final] if final.exists() else [])
+    if present:
+        raise ExportedAlready(f"{present[0]} already exists: {spec.name} was exported (or placed) there before; "
+                              "remove that folder to export it again")
     tfds_dir = Path(tfds_dir).expanduser()
     vdir = find_version_dir(tfds_dir, t)
     splits = {s.split for s in (t.train, t.val, t.test)}
@@ -443,10 +455,6 @@ def export_vtab(tfds_dir: str | Path, task: str, out_root: str | Path) -> Export
     wanted[t.train.split].append((tr[0], tr[0] + TRAIN800, ("train800", "train800val200")))
     wanted[t.val.split].append((va[0], va[0] + VAL200, ("val200", "train800val200")))
     wanted[t.test.split].append((te[0], te[1], ("test",)))
-    final = Path(out_root).expanduser() / PARENTS[0] / spec.folders[0]
-    if final.exists():
-        raise DataError(f"{final} already exists: {spec.name} was exported (or placed) there before; remove "
-                        "that folder to export it again")
     # Written into a staging folder and renamed at the end, so a killed export leaves no half-written task
     # where the loader looks (a rerun clears the stale staging folder and starts again).
     folder = final.with_name(f".{final.name}.partial")
@@ -465,6 +473,9 @@ def export_vtab(tfds_dir: str | Path, task: str, out_root: str | Path) -> Export
         for path, expected in shards[split]:
             if index >= last:
                 break
+            if expected is not None and not any(a < index + expected and index < b for a, b, _ in ranges):
+                index += expected  # no wanted example in this shard: not even read
+                continue
             got = 0
             for rec_i, rec in enumerate(read_records(path)):
                 got += 1
