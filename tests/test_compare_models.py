@@ -40,7 +40,7 @@ def test_the_comparison_measures_each_model_and_shares_the_mini_world_tables_run
 
 def test_a_model_without_its_weights_is_refused_before_any_run(tmp_path, monkeypatch):
     missing = tmp_path / "absent.safetensors"
-    monkeypatch.setattr("clipfit_world.compare.weights_file", lambda model: missing if model == "mini-clip-b"
+    monkeypatch.setattr("clipfit_world.model.weights_file", lambda model: missing if model == "mini-clip-b"
                         else weights_file(model))
     compare = CompareConfig(models=["mini-clip", "mini-clip-b"], data_root=str(tmp_path / "data"),
                             out=str(tmp_path / "runs"))

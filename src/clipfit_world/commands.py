@@ -85,6 +85,9 @@ def _run_table(args) -> None:
     names = readme_names(args.model)
     if args.readme:
         check_markers(args.readme, list(names))  # before hours of runs, not after
+    from clipfit_world.model import require_weights
+
+    require_weights(args.model)  # before any task is generated
     table = MiniWorldTableConfig(model=args.model, methods=methods, seeds=args.seeds, epochs=args.epochs,
                                  data_root=args.data_root or str(defaults.default_data_root()),
                                  out=args.out or table_out(args.model), run_missing=not args.finished_only)

@@ -13,8 +13,9 @@ for each built-in model, each method with its own paper's recipe:
   feature (`methods.base.feature_distance`), mean over classes, seeds and tasks, for `clipfit` and
   `clipfit-no-ln`, read back from each seed's adapter.
 
-The runs are the mini-world table's own folders (`tables.table_out(model)`), so a cell either command
-finished is reused by the other. `clipfit table builtin-models` prints the Markdown table and, with
+The runs are the mini-world table's own folders (`tables.table_out(model)`): the zero-shot and base-to-new
+CLIPFit cells either command finished are reused by the other (the linear probe on every image and the
+ablations are this command's own). `clipfit table builtin-models` prints the Markdown table and, with
 ``--readme``, writes it between the README's ``builtin-models`` markers.
 """
 
@@ -27,13 +28,12 @@ from pathlib import Path
 import torch
 
 from clipfit import defaults
-from clipfit.errors import ClipFitError
 from clipfit.methods.base import feature_distance
 from clipfit.runner import load_run, resolve, run
 from clipfit.store import seed_dir
 from clipfit.tables import base_new_average
 from clipfit_world.defaults import BUILTIN_MODELS
-from clipfit_world.model import weights_file
+from clipfit_world.model import require_weights
 from clipfit_world.tables import MiniWorldTableConfig, _setting, finished_summary, table_out
 from clipfit_world.tasks import WORLD_TASKS
 
@@ -83,9 +83,7 @@ def compare_models(compare: CompareConfig, progress: bool = True) -> dict[str, d
         return None if None in summaries else statistics.fmean(s["mean"]["accuracy"] for s in summaries)
 
     for model in compare.models:  # before any run: one model without weights would stop the table half-way
-        if not weights_file(model).is_file():
-            raise ClipFitError(f"{model}: its built-in weights are not there yet ({weights_file(model)}); pretrain it "
-                               "first (README, 'The built-in mini CLIPs'), or leave it out (--models)")
+        require_weights(model)
     out = {}
     for model in compare.models:
         table = _table(compare, model)

@@ -19,6 +19,7 @@ import open_clip
 import torch
 
 from clipfit.backbone import BUILTIN, load_backbone
+from clipfit.errors import ClipFitError
 from clipfit_world.defaults import BUILTIN_MODELS as MODELS
 
 MODEL_NAME = MODELS[0]
@@ -37,6 +38,17 @@ def weights_file(name: str = MODEL_NAME) -> Path:
     if name not in MODELS:
         raise ValueError(f"{name!r} is not a built-in mini CLIP ({', '.join(MODELS)})")
     return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def require_weights(name: str) -> Path:
+    """The built-in model ``name``'s weights file; `ClipFitError` in one line when it is not there (a model whose
+    pretraining has not finished), for commands that would otherwise fail at their first run."""
+    path = weights_file(name)
+    if not path.is_file():
+        raise ClipFitError(f"{name}: its built-in weights are not there yet ({path}); pretrain it first "
+                           f"(python -m clipfit_world.pretrain --model {name} --out {path}; README, 'The built-in "
+                           "mini CLIPs'), or use another model")
+    return path
 
 
 def create_mini_clip(pretrained: bool = True, name: str = MODEL_NAME) -> torch.nn.Module:
