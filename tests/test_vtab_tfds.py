@@ -239,6 +239,10 @@ def test_a_missing_shard_and_a_missing_split_are_named(cifar, tmp_path):
     (d / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match=r"has no split 'test' \(it has: train\)"):
         export_vtab(cifar, "vtab-cifar100", tmp_path / "o")
+    info["fileFormat"] = "array_record"
+    (d / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"prepared in the array_record format .*file_format='tfrecord'"):
+        export_vtab(cifar, "vtab-cifar100", tmp_path / "o")
 
 
 def test_slices_beyond_the_examples_present_are_refused(tmp_path):
@@ -306,3 +310,14 @@ def test_a_task_already_on_disk_anywhere_the_loader_reads_is_not_written_again(c
     # --task all skips what is there and says so; exit status 0.
     main(["data", "export-vtab", "--tfds-dir", str(cifar), "--task", "all", "--out", str(out)])
     assert capsys.readouterr().out.startswith("cifar100: skipped, ")
+
+
+def test_the_exporter_reads_the_tfds_builders_and_versions_the_task_list_names():
+    """vtab1k.json names each task's TFDS builder and version ("name:3.*.*" or an exact "name:3.0.1"); the
+    exporter's table must read the same ones."""
+    from clipfit.data.tfds import TASKS
+    from clipfit.data.vtab import _vtab_spec
+
+    for task, t in TASKS.items():
+        builder, version = _vtab_spec(f"vtab-{task}").tfds.split(":")
+        assert (t.builder, t.version) == (builder, version.replace("*.*", "")), task

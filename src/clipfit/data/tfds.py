@@ -295,7 +295,7 @@ def _norb(key):
 # clipfit's task name (vtab1k.json) -> how VTAB builds it from TFDS.
 TASKS: dict[str, TfdsTask] = {
     "cifar100": _percent("cifar100", "3.", 90, "cifar.py (TRAIN_SPLIT_PERCENT = 90)"),
-    "caltech101": _percent("caltech101", "3.", 90, "caltech.py (_TRAIN_SPLIT_PERCENT = 90)"),
+    "caltech101": _percent("caltech101", "3.0.1", 90, "caltech.py (_TRAIN_SPLIT_PERCENT = 90; caltech101:3.0.1)"),
     "dtd": _official("dtd", "3.", "dtd.py"),
     "oxford_flowers102": _official("oxford_flowers102", "2.", "oxford_flowers102.py (train_split_percent None)"),
     "oxford_iiit_pet": _percent("oxford_iiit_pet", "3.", 80, "oxford_iiit_pet.py (TRAIN_SPLIT_PERCENT = 80)"),
@@ -353,6 +353,10 @@ def split_shards(version_dir: Path, split: str) -> list[tuple[Path, int | None]]
     """The shard files of ``split`` in shard order, each with its example count from dataset_info.json
     (None where it records none); ``DataError`` naming a split or shard that is missing."""
     info = json.loads((version_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    file_format = info.get("fileFormat", "tfrecord")  # absent in folders older than TFDS's array_record option
+    if file_format != "tfrecord":
+        raise DataError(f"{version_dir} was prepared in the {file_format} format (dataset_info.json fileFormat); "
+                        "this exporter reads TFRecord shards: prepare it again with file_format='tfrecord'")
     name = info.get("name") or version_dir.parent.name
     if "/" in str(name):
         name = str(name).split("/")[0]
