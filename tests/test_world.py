@@ -273,6 +273,10 @@ def test_pretraining_in_timed_pieces_equals_an_uninterrupted_run(tmp_path, model
     # Every step's fp32 loss is equal too: the fp16 file alone could hide a difference below its rounding.
     assert curve["losses"] == json.loads((tmp_path / "whole" / "loss.json").read_text())["losses"]
     assert [p["steps"] for p in curve["pieces"]] == [1, 1, 1] and curve["pairs_seen"] == 12
+    # Run once more, the finished weights are found and left as they are.
+    stamp = piece.stat().st_mtime_ns
+    assert pretrain_mini_clip(piece, curve=tmp_path / "p" / "loss.png", minutes=0, **kw) == piece
+    assert piece.stat().st_mtime_ns == stamp
     with safe_open(str(tmp_path / "pieces.safetensors"), framework="pt") as f:
         assert f.metadata()["model"] == model and f.metadata()["pairs_seen"] == "12"
 
@@ -285,7 +289,7 @@ def test_a_checkpoint_from_another_stream_or_a_second_copy_of_the_command_is_ref
     kw = {"seed": 0, "steps": 3, "batch_size": 4, "warmup": 1, "curve": tmp_path / "c" / "loss.png"}
     assert pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", minutes=0, **kw) is None
     (checkpoint,) = (tmp_path / "c").glob("checkpoint_*.pt")
-    with Lock(checkpoint.with_suffix(".lock"), "test"), pytest.raises(ClipFitError, match="is being written by pid"):
+    with Lock(pretrain.lock_path(checkpoint), "test"), pytest.raises(ClipFitError, match="is being written by pid"):
         pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", **kw)
     real = pretrain.stream_identity
     monkeypatch.setattr(pretrain, "stream_identity", lambda cfg: {**real(cfg), "caption stream": "0" * 64})
@@ -295,6 +299,18 @@ def test_a_checkpoint_from_another_stream_or_a_second_copy_of_the_command_is_ref
     with pytest.raises(ClipFitError, match="cannot be read .*move it away"):
         pretrain.pretrain_mini_clip(tmp_path / "w.safetensors", **kw)
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_the_command_exits_75_when_a_piece_stops_and_0_when_the_run_is_done(tmp_path):
+    from clipfit_world.pretrain import PIECE_STOPPED, main
+
+    argv = ["--out", str(tmp_path / "w.safetensors"), "--steps", "2", "--batch-size", "4", "--warmup", "1",
+            "--minutes", "0", "--curve", str(tmp_path / "c" / "loss.png")]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == PIECE_STOPPED == 75
+    main(argv)  # the second piece ends the run: no exit status but 0
+    assert (tmp_path / "w.safetensors").is_file()
 
 
 def test_the_number_of_render_workers_does_not_change_the_weights(tmp_path):

@@ -4,12 +4,13 @@
     python -m clipfit_world.pretrain --model mini-clip-b --out src/clipfit_world/weights/mini-clip-b.safetensors \
         [--device cuda] [--workers 8] [--minutes 150]
 
-Deterministic given the seed on one machine: the model init is seeded, and batch k is pairs
-[k*B, (k+1)*B) of the stream `scenes.pretraining_pair(seed, i, captions)`, drawn by ``--workers``
-render processes. Each model's schedule is its entry in `RECIPES`. The full state is checkpointed every
-few minutes under a name derived from the settings, so the same command resumes where a run stopped,
-with the same weights as an uninterrupted run on the same machine and thread count; ``--minutes`` stops a
-piece after that long (at a checkpoint), so a long CPU pretraining can run in pieces. Writes fp16
+Deterministic given the seed on one CPU machine (on a GPU, up to its kernels' rounding): the model init
+is seeded, and batch k is pairs [k*B, (k+1)*B) of the stream `scenes.pretraining_pair(seed, i, captions)`,
+drawn by ``--workers`` render processes. Each model's schedule is its entry in `RECIPES`. The full state
+is checkpointed every few minutes under a name derived from the settings, so the same command resumes
+where a run stopped, with the same weights as an uninterrupted run on the same machine and thread count;
+``--minutes`` stops a piece after that long (at a checkpoint, exit status 75), so a long CPU pretraining
+can run in pieces; run again once finished, it finds the weights made and does nothing. Writes fp16
 safetensors (with the run's settings as metadata) and a loss curve PNG + JSON at --curve.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -59,6 +61,8 @@ class PretrainConfig:
 # kernels round differently), but it is left out on purpose, so that a piece on a GPU and a piece on CPU
 # continue one run; bit-exact resumption holds within one device. Each piece's device is in `pieces`.
 NOT_IDENTITY = ("checkpoint_every", "checkpoint_minutes", "device", "workers")
+
+PIECE_STOPPED = 75  # the exit status of a piece stopped by --minutes (sysexits' EX_TEMPFAIL)
 
 # Each built-in model's pretraining recipe, the defaults of `--model`. mini-clip's is the one its shipped
 # weights were made with (README, "The built-in mini CLIPs").
@@ -177,9 +181,29 @@ def pretrain_mini_clip(out: Path | str, model: str = MODEL_NAME, seed: int = 0, 
     out = Path(out)
     curve = Path(curve) if curve else Path("runs") / f"{model}-pretrain" / f"loss_seed{seed}.png"
     checkpoint = _checkpoint_path(cfg, curve.parent)
+    if not checkpoint.is_file() and _made_by(out, cfg):
+        print(f"{out} was made by these settings already (its metadata says so); nothing to do")
+        return out
     # Two copies of one command would write one checkpoint: the second is refused, naming the first.
-    with Lock(checkpoint.with_suffix(".lock"), f"the pretraining checkpoint {checkpoint}"):
+    # The lock file stays (deleting a lock file others may open races); hidden, it is not taken for a checkpoint.
+    with Lock(lock_path(checkpoint), f"the pretraining checkpoint {checkpoint}"):
         return _pretrain(cfg, out, curve, checkpoint, minutes)
+
+
+def lock_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f".{checkpoint.stem}.lock")
+
+
+def _made_by(out: Path, cfg: PretrainConfig) -> bool:
+    """Whether ``out`` holds weights this run's settings finished (its metadata records them)."""
+    if not out.is_file():
+        return False
+    try:
+        with safe_open(str(out), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # not a safetensors file: it is not ours to trust, the run makes it again
+        return False
+    return all(meta.get(k) == str(v) for k, v in asdict(cfg).items() if k not in NOT_IDENTITY)
 
 
 def stream_identity(cfg: PretrainConfig) -> dict[str, str]:
@@ -192,9 +216,11 @@ def stream_identity(cfg: PretrainConfig) -> dict[str, str]:
             "caption stream": hashlib.sha256(captions.encode()).hexdigest()}
 
 
-def _load_checkpoint(checkpoint: Path, device: torch.device, identity: dict[str, str]) -> dict:
+def _load_checkpoint(checkpoint: Path, identity: dict[str, str]) -> dict:
     try:
-        state = torch.load(checkpoint, weights_only=True, map_location=device)
+        # On the CPU: load_state_dict moves each tensor where its parameter is, and keeps Adam's step counts on
+        # the CPU, where torch's non-capturable AdamW wants them.
+        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     except Exception as err:  # torch.load fails in many ways on a damaged file; each means the same to the user
         raise ClipFitError(f"the pretraining checkpoint {checkpoint} cannot be read (damaged or cut short: torch.load "
                            f"raised {type(err).__name__}); move it away to start the run again") from None
@@ -218,7 +244,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, curve: Path, checkpoint: Path, min
     pieces: list[dict] = []  # one per run of the command: steps done, seconds, where
     identity = stream_identity(cfg)
     if checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, device, identity)
+        state = _load_checkpoint(checkpoint, identity)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         losses, pieces = state["losses"], state["pieces"]
@@ -314,13 +340,16 @@ def main(argv=None):
                    help="steps between resumable checkpoints")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="minutes between resumable checkpoints")
-    p.add_argument("--minutes", type=float, help="stop this piece after this many minutes (resumable)")
+    p.add_argument("--minutes", type=float, help=f"stop this piece after this many minutes, checkpointed, with exit "
+                   f"status {PIECE_STOPPED} (the same command resumes it); 0 once it is done")
     p.add_argument("--curve", type=Path, default=None, help="loss curve PNG (default runs/<model>-pretrain/)")
     a = p.parse_args(argv)
     given = {k: getattr(a, k) for k in ("captions", "steps", "batch_size", "lr", "warmup") if getattr(a, k) is not None}
-    pretrain_mini_clip(a.out, model=a.model, seed=a.seed, curve=a.curve, minutes=a.minutes, threads=a.threads,
-                       bf16=a.bf16, device=a.device, workers=a.workers, checkpoint_every=a.checkpoint_every,
-                       checkpoint_minutes=a.checkpoint_minutes, **given)
+    made = pretrain_mini_clip(a.out, model=a.model, seed=a.seed, curve=a.curve, minutes=a.minutes,
+                              threads=a.threads, bf16=a.bf16, device=a.device, workers=a.workers,
+                              checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes, **given)
+    if made is None:  # a piece stopped before the end: EX_TEMPFAIL, so a driver loop knows to run it again
+        raise SystemExit(PIECE_STOPPED)
 
 
 if __name__ == "__main__":
