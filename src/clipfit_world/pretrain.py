@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from clipfit.backbone import architectures
 from clipfit.errors import ClipFitError
 from clipfit.files import Lock
 from clipfit.text_encoding import encode_truncated
@@ -210,6 +211,7 @@ def stream_identity(cfg: PretrainConfig) -> dict[str, str]:
     """What the weights depend on beyond the settings in the checkpoint's name: the architecture's open_clip
     config, and the caption stream (the SHA-256 of its first 32 captions), so that a checkpoint is never
     resumed by code that would draw another stream or build another model."""
+    architectures()  # open_clip learns the built-in configs from the plugin
     config = json.dumps(open_clip.get_model_config(cfg.model), sort_keys=True)
     captions = "\n".join(pretraining_pair(cfg.seed, i, cfg.captions)[1] for i in range(32))
     return {"model config": hashlib.sha256(config.encode()).hexdigest(),
