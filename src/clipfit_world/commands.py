@@ -101,7 +101,8 @@ def _run_table(args) -> None:
 
 
 def _compare_arguments(t: argparse.ArgumentParser) -> None:
-    t.add_argument("--models", nargs="+", choices=BUILTIN_MODELS, default=list(BUILTIN_MODELS))
+    t.add_argument("--models", nargs="+", choices=BUILTIN_MODELS, default=list(BUILTIN_MODELS),
+                   help="the built-in models to compare, a column each (default: all)")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
                    help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
