@@ -144,7 +144,7 @@ def _save(model, path: Path, cfg: PretrainConfig, losses, pieces: list[dict], wa
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     final = float(np.mean(losses[-50:]))
-    meta = {**{k: str(v) for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}, "final_loss": f"{final:.4f}",
+    meta = {**{k: str(v) for k, v in identity_settings(cfg).items()}, "final_loss": f"{final:.4f}",
             "wall_seconds": f"{wall:.0f}", "pairs_seen": str(len(losses) * cfg.batch_size),
             "pieces": json.dumps(pieces)}  # where each piece ran: device, threads, workers, steps, seconds
     tmp = path.with_suffix(".tmp")
@@ -161,9 +161,13 @@ def _lr_at(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def identity_settings(cfg: PretrainConfig) -> dict:
+    """The settings that name a run: its checkpoint's file name, and the metadata a finished file is known by."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+
+
 def _checkpoint_path(cfg: PretrainConfig, directory: Path) -> Path:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(identity_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]
     return directory / f"checkpoint_{cfg.model}_seed{cfg.seed}_{digest}.pt"
 
 
@@ -204,7 +208,7 @@ def _made_by(out: Path, cfg: PretrainConfig) -> bool:
             meta = f.metadata() or {}
     except Exception:  # not a safetensors file: it is not ours to trust, the run makes it again
         return False
-    return all(meta.get(k) == str(v) for k, v in asdict(cfg).items() if k not in NOT_IDENTITY)
+    return all(meta.get(k) == str(v) for k, v in identity_settings(cfg).items())
 
 
 def stream_identity(cfg: PretrainConfig) -> dict[str, str]:
