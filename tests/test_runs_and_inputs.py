@@ -706,7 +706,7 @@ def test_the_demo_refuses_a_test_only_task_and_keeps_each_task_in_its_folder(tmp
     assert (tmp_path / "demo" / "mini_colors" / "clipfit" / "seed1" / "metrics.json").is_file()
     assert f"runs: {tmp_path / 'demo' / 'mini_colors' / 'zeroshot'}" in out.replace("\n", "")
     assert str(tmp_path / "data" / "mini_colors") in out.replace("\n", "")
-    assert "base-to-new on mini_colors | mini-clip (builtin) | 16 shots | seed 1\n" in out  # a heading, not wrapped
+    assert "base-to-new on mini_colors | mini-clip-b (builtin) | 16 shots | seed 1\n" in out  # a heading, not wrapped
 
 
 def test_every_command_shares_one_data_root(eurosat_root, tmp_path, capsys, monkeypatch):

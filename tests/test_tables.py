@@ -134,3 +134,21 @@ def test_a_table_on_another_built_in_model_has_its_own_runs_and_markers(tmp_path
               "--out", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")])
     assert "no <!-- mini-world-table-mini-clip-b:start -->" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("command", "task", "why"), [
+    (["table", "mini-world"], "mini_digit", "a mini-world task with training images or a test domain"),
+    (["table", "builtin-models", "--models", "mini-clip"], "mini_shapes_sketch",
+     "a mini-world task with training images ("),
+])
+def test_a_table_on_chosen_tasks_refuses_a_task_it_cannot_run_before_any_run(tmp_path, capsys, command, task, why):
+    """--tasks splits a table over processes (disjoint tasks, one set of run folders); a wrong name stops it in one
+    line naming the name and the tasks there are. The comparison trains on every task, so a test-only domain
+    has no place in it."""
+    from clipfit.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--tasks", "mini_colors", task, "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert f"--tasks: '{task}' is not {why}" in err and "mini_digits" in err
+    assert not (tmp_path / "data").exists()

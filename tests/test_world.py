@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from clipfit import data
 from clipfit.text_encoding import encode_truncated
 from clipfit_world import WORLD_TASKS, generate_task, iterate_pretraining_pairs, pretraining_pair, scenes
-from clipfit_world.model import IMAGE_SIZE, MODEL_NAME, MODELS, WEIGHTS, create_mini_clip
+from clipfit_world.model import IMAGE_SIZE, MODEL_NAME, MODELS, create_mini_clip, weights_file
 from clipfit_world.tasks import render_example
 
 
@@ -193,21 +193,46 @@ def test_mini_clip_b_has_clips_shape_at_a_size_that_ships():
 MINI_CLIP_SHA256 = "7d4c0242838d3ddfade194a31454b2f817b81cb6a6c08c69650fc5d899f692b4"
 
 
-def test_mini_clip_keeps_the_weights_old_runs_recorded():
+# The SHA-256 of the shipped mini-clip-b.safetensors (made by its recipe, README "The built-in mini CLIPs").
+MINI_CLIP_B_SHA256 = "808f95fd69a2ee9388b67ba8c5ace848b7b44422339a99df255e131c6ee5014a"
+
+
+def test_each_builtin_model_is_known_by_its_own_fingerprint():
+    """Runs record the base weights' fingerprint: mini-clip's is the one old runs recorded (they still resume),
+    mini-clip-b's is its own file's, so a run on one model never resumes a run made on the other."""
     from clipfit.backbone import weights_fingerprint
 
     assert weights_fingerprint("mini-clip", "builtin") == f"sha256:{MINI_CLIP_SHA256}"
+    assert weights_fingerprint("mini-clip-b", "builtin") == f"sha256:{MINI_CLIP_B_SHA256}"
+    assert hashlib.sha256(weights_file("mini-clip-b").read_bytes()).hexdigest() == MINI_CLIP_B_SHA256
 
 
-def test_builtin_weights_load_strictly_and_are_small():
-    assert WEIGHTS.stat().st_size < 25e6
-    with safe_open(str(WEIGHTS), framework="pt") as f:
+@pytest.mark.parametrize("model", MODELS)
+def test_builtin_weights_load_by_name_strictly_and_are_small(model):
+    path = weights_file(model)
+    assert path.stat().st_size < 25e6
+    with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
-    assert meta["model"] == MODEL_NAME and "seed" in meta and "steps" in meta
-    create_mini_clip(pretrained=False).load_state_dict(state, strict=True)
-    loaded = create_mini_clip(pretrained=True)
+    assert meta["model"] == model and "seed" in meta and "steps" in meta
+    assert all(t.dtype == torch.float16 for t in state.values())
+    create_mini_clip(pretrained=False, name=model).load_state_dict(state, strict=True)
+    loaded = create_mini_clip(pretrained=True, name=model)
     torch.testing.assert_close(loaded.visual.ln_post.weight, state["visual.ln_post.weight"].float())
+
+
+def test_mini_clip_b_ships_the_weights_its_recipe_makes():
+    """The shipped file's metadata is the recipe `python -m clipfit_world.pretrain --model mini-clip-b` runs, so
+    that command finds it finished (and, from scratch, makes it again: README, "The built-in mini CLIPs", says
+    how long it took and on what); it saw every pair of its schedule."""
+    from clipfit_world.pretrain import RECIPES, PretrainConfig, _made_by
+
+    recipe = RECIPES["mini-clip-b"]
+    assert _made_by(weights_file("mini-clip-b"), PretrainConfig(model="mini-clip-b", seed=0, **recipe))
+    with safe_open(str(weights_file("mini-clip-b")), framework="pt") as f:
+        meta = f.metadata()
+    assert int(meta["pairs_seen"]) == recipe["steps"] * recipe["batch_size"]
+    assert sum(piece["steps"] for piece in json.loads(meta["pieces"])) == recipe["steps"]
 
 
 def _pretrain(out, curve, **kwargs):

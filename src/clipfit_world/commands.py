@@ -12,7 +12,7 @@ from pathlib import Path
 
 from clipfit import defaults
 from clipfit.plugins import Command, register_command
-from clipfit_world.defaults import BUILTIN_MODELS, DEMO_EPOCHS, DEMO_OUT, DEMO_TASK, TABLE_OUT
+from clipfit_world.defaults import BUILTIN_MODELS, DEMO_EPOCHS, DEMO_MODEL, DEMO_OUT, DEMO_TASK, TABLE_OUT
 
 DATA_ROOT_DEFAULT = f"default: $CLIPFIT_DATA, else {defaults.CACHE_ROOT}/data"
 
@@ -31,6 +31,8 @@ def register() -> None:
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=DEMO_TASK, help="a mini-world task with training images: mini_digits, "
                                                      "mini_letters, mini_shapes, mini_colors, mini_textures")
+    p.add_argument("--model", choices=BUILTIN_MODELS, default=DEMO_MODEL,
+                   help=f"the built-in model both runs start from (default {DEMO_MODEL})")
     p.add_argument("--data-root", help=f"where the task is generated ({DATA_ROOT_DEFAULT})")
     p.add_argument("--out", default=DEMO_OUT, help="runs go to <out>/<task>/<method>")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="CLIPFit's training epochs")
@@ -40,8 +42,8 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def _run_demo(args) -> None:
     from clipfit_world.demo import DemoConfig, print_demo, run_demo
 
-    demo = DemoConfig(task=args.task, data_root=args.data_root or str(defaults.default_data_root()), out=args.out,
-                      epochs=args.epochs)
+    demo = DemoConfig(task=args.task, model=args.model, data_root=args.data_root or str(defaults.default_data_root()),
+                      out=args.out, epochs=args.epochs)
     print_demo(demo, run_demo(demo, progress=not args.no_progress))
 
 
@@ -54,6 +56,7 @@ def _table_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
                    help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
     t.add_argument("--epochs", type=int, help="training epochs for every method (default: each method's own recipe)")
+    _tasks_argument(t)
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
     t.add_argument("--out", help=f"run folders; finished runs are reused (default {TABLE_OUT}, or "
                                  f"{TABLE_OUT}-<model> for another model)")
@@ -62,6 +65,24 @@ def _table_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--finished-only", action="store_true",
                    help="run nothing: write the tables from the runs finished so far (cells still to run show …)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _tasks_argument(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--tasks", nargs="+", help="only these mini-world tasks (default: all); the means are over "
+                                              "them. Two processes on disjoint tasks share one table's run folders")
+
+
+def _chosen_tasks(tasks: list[str] | None, test_only: bool) -> list[str]:
+    """The tasks a table runs on: all (test-only domains too where ``test_only``), or the ones named, checked."""
+    from clipfit.errors import ClipFitError
+    from clipfit_world.tasks import WORLD_TASKS
+
+    known = [t for t, task in WORLD_TASKS.items() if test_only or task.parent is None]
+    for task in tasks or []:
+        if task not in known:
+            raise ClipFitError(f"--tasks: {task!r} is not a mini-world task with training images"
+                               f"{' or a test domain' if test_only else ''} ({', '.join(known)})")
+    return list(tasks) if tasks else known
 
 
 def _run_table(args) -> None:
@@ -89,6 +110,7 @@ def _run_table(args) -> None:
 
     require_weights(args.model)  # before any task is generated
     table = MiniWorldTableConfig(model=args.model, methods=methods, seeds=args.seeds, epochs=args.epochs,
+                                 tasks=_chosen_tasks(args.tasks, test_only=True),
                                  data_root=args.data_root or str(defaults.default_data_root()),
                                  out=args.out or table_out(args.model), run_missing=not args.finished_only)
     rows = mini_world_table(table, progress=not args.no_progress)
@@ -105,6 +127,7 @@ def _compare_arguments(t: argparse.ArgumentParser) -> None:
                    help="the built-in models to compare, a column each (default: all)")
     t.add_argument("--seeds", type=int, nargs="+", default=list(defaults.SEEDS),
                    help=f"each method's seeds (default: {' '.join(map(str, defaults.SEEDS))})")
+    _tasks_argument(t)
     t.add_argument("--data-root", help=f"where the tasks are generated ({DATA_ROOT_DEFAULT})")
     t.add_argument("--readme", type=Path, help="write the table into this README between its builtin-models markers")
     t.add_argument("--finished-only", action="store_true",
@@ -118,7 +141,7 @@ def _run_compare(args) -> None:
 
     if args.readme:
         check_markers(args.readme, [README_NAME])  # before hours of runs, not after
-    compare = CompareConfig(models=args.models, seeds=args.seeds,
+    compare = CompareConfig(models=args.models, seeds=args.seeds, tasks=_chosen_tasks(args.tasks, test_only=False),
                             data_root=args.data_root or str(defaults.default_data_root()),
                             run_missing=not args.finished_only)
     markdown = to_markdown(compare, compare_models(compare, progress=not args.no_progress))

@@ -16,13 +16,14 @@ from clipfit import defaults
 from clipfit.config import OptimConfig, RunConfig
 from clipfit.errors import ClipFitError
 from clipfit.runner import run
-from clipfit_world.defaults import DEMO_EPOCHS, DEMO_OUT, DEMO_TASK
+from clipfit_world.defaults import DEMO_EPOCHS, DEMO_MODEL, DEMO_OUT, DEMO_TASK
 from clipfit_world.tasks import WORLD_TASKS
 
 
 @dataclass
 class DemoConfig:
     task: str = DEMO_TASK
+    model: str = DEMO_MODEL
     data_root: str = field(default_factory=lambda: str(defaults.default_data_root()))
     out: str = DEMO_OUT
     shots: int = 16
@@ -49,7 +50,7 @@ def run_demo(demo: DemoConfig, progress: bool = True) -> list[dict]:
     rows = []
     for method in ("zeroshot", "clipfit"):
         config = RunConfig(
-            method=method, model="mini-clip", pretrained="builtin", dataset=demo.task, data_root=demo.data_root,
+            method=method, model=demo.model, pretrained="builtin", dataset=demo.task, data_root=demo.data_root,
             protocol="base2new", shots=demo.shots, seeds=[demo.seed],
             optim=OptimConfig(epochs=demo.epochs, batch_size=demo.batch_size), out=str(demo_folder(demo, method)),
         )
@@ -63,7 +64,7 @@ def run_demo(demo: DemoConfig, progress: bool = True) -> list[dict]:
 
 def print_demo(demo: DemoConfig, rows: list[dict]) -> None:
     # The heading is its own line: a rich table title wraps at the table's width, mid-phrase.
-    heading = f"base-to-new on {demo.task} | mini-clip (builtin) | {demo.shots} shots | seed {demo.seed}"
+    heading = f"base-to-new on {demo.task} | {demo.model} (builtin) | {demo.shots} shots | seed {demo.seed}"
     table = Table()
     for column in ("method", "trainable params", "Base", "New", "HM", "time"):
         table.add_column(column, justify="left" if column == "method" else "right")
