@@ -703,8 +703,8 @@ def test_the_demo_refuses_a_test_only_task_and_keeps_each_task_in_its_folder(tmp
     assert "demo task 'mini_shapes_sketch' is a test-only domain of mini_shapes (no training images)" in err
     main(["demo", "--task", "mini_colors", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out
-    assert (tmp_path / "demo" / "mini_colors" / "clipfit" / "seed1" / "metrics.json").is_file()
-    assert f"runs: {tmp_path / 'demo' / 'mini_colors' / 'zeroshot'}" in out.replace("\n", "")
+    assert (tmp_path / "demo" / "mini-clip-b" / "mini_colors" / "clipfit" / "seed1" / "metrics.json").is_file()
+    assert f"runs: {tmp_path / 'demo' / 'mini-clip-b' / 'mini_colors' / 'zeroshot'}" in out.replace("\n", "")
     assert str(tmp_path / "data" / "mini_colors") in out.replace("\n", "")
     assert "base-to-new on mini_colors | mini-clip-b (builtin) | 16 shots | seed 1\n" in out  # a heading, not wrapped
 

@@ -136,19 +136,42 @@ def test_a_table_on_another_built_in_model_has_its_own_runs_and_markers(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(("command", "task", "why"), [
-    (["table", "mini-world"], "mini_digit", "a mini-world task with training images or a test domain"),
-    (["table", "builtin-models", "--models", "mini-clip"], "mini_shapes_sketch",
-     "a mini-world task with training images ("),
+@pytest.mark.parametrize(("command", "tasks", "why"), [
+    (["table", "mini-world"], ["mini_colors", "mini_digit"],
+     "'mini_digit' is not a mini-world task with training images or a test domain ("),
+    (["table", "builtin-models", "--models", "mini-clip"], ["mini_colors", "mini_shapes_sketch"],
+     "'mini_shapes_sketch' is not a mini-world task with training images ("),
+    (["table", "mini-world"], ["mini_shapes_sketch"],
+     "mini_shapes_sketch has no training images; name a task that has ("),
+    (["table", "mini-world", "--readme", "README.md"], ["mini_colors"], "README.md's table covers every task"),
+    (["table", "builtin-models", "--readme", "README.md"], ["mini_colors"], "README.md's table covers every task"),
 ])
-def test_a_table_on_chosen_tasks_refuses_a_task_it_cannot_run_before_any_run(tmp_path, capsys, command, task, why):
-    """--tasks splits a table over processes (disjoint tasks, one set of run folders); a wrong name stops it in one
-    line naming the name and the tasks there are. The comparison trains on every task, so a test-only domain
-    has no place in it."""
+def test_a_table_on_chosen_tasks_refuses_what_it_cannot_run_before_any_run(tmp_path, capsys, monkeypatch, command,
+                                                                            tasks, why):
+    """--tasks splits a table over processes (disjoint tasks, one set of run folders); a wrong name, test domains
+    alone, or a part of a table written into a README stop it in one line, before any run. The comparison trains on
+    every task, so a test-only domain has no place in it."""
     from clipfit.cli import main
 
+    monkeypatch.chdir(tmp_path)  # the default run folders are relative: any run would land here
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- builtin-models:start -->\n<!-- builtin-models:end -->\n"
+                      "<!-- mini-world-table:start -->\n<!-- mini-world-table:end -->\n"
+                      "<!-- mini-world-leaderboard:start -->\n<!-- mini-world-leaderboard:end -->\n")
+    command = [str(readme) if c == "README.md" else c for c in command]
     with pytest.raises(SystemExit):
-        main([*command, "--tasks", "mini_colors", task, "--data-root", str(tmp_path / "data")])
+        main([*command, "--tasks", *tasks, "--data-root", str(tmp_path / "data"), "--no-progress"])
     err = capsys.readouterr().err
-    assert f"--tasks: '{task}' is not {why}" in err and "mini_digits" in err
-    assert not (tmp_path / "data").exists()
+    assert f"--tasks{' with --readme' if 'covers' in why else ''}: {why.replace('README.md', str(readme))}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_chosen_tasks_keep_the_worlds_order_once_each():
+    from clipfit_world.commands import _chosen_tasks
+    from clipfit_world.tasks import WORLD_TASKS
+
+    assert _chosen_tasks(None, True, None) == list(WORLD_TASKS)
+    assert _chosen_tasks(None, False, None) == [t for t, task in WORLD_TASKS.items() if task.parent is None]
+    assert _chosen_tasks(["mini_textures", "mini_digits", "mini_textures"], False, None) == ["mini_digits",
+                                                                                             "mini_textures"]

@@ -223,8 +223,8 @@ def test_builtin_weights_load_by_name_strictly_and_are_small(model):
 
 def test_mini_clip_b_ships_the_weights_its_recipe_makes():
     """The shipped file's metadata is the recipe `python -m clipfit_world.pretrain --model mini-clip-b` runs, so
-    that command finds it finished (and, from scratch, makes it again: README, "The built-in mini CLIPs", says
-    how long it took and on what); it saw every pair of its schedule."""
+    that command finds it finished; it saw every pair of its schedule. (README, "The built-in mini CLIPs": how
+    long it took and on what. Unlike mini-clip's, a second run from scratch has not been compared with it.)"""
     from clipfit_world.pretrain import RECIPES, PretrainConfig, _made_by
 
     recipe = RECIPES["mini-clip-b"]

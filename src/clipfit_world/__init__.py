@@ -1,5 +1,5 @@
 """The mini vision-language world: a procedural image-caption generator, downstream tasks carved out
-of it (CoOp layout, with deliberate style shifts), and a mini CLIP pretrained on it.
+of it (CoOp layout, with deliberate style shifts), and two mini CLIPs pretrained on it.
 
     from clipfit_world import WORLD_TASKS, generate_task, create_mini_clip
     folder = generate_task("mini_shapes", "data/mini_world")

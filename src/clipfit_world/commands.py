@@ -1,4 +1,4 @@
-"""The mini world's commands, `clipfit demo` and `clipfit table mini-world`.
+"""The mini world's commands: `clipfit demo`, `clipfit table mini-world` and `clipfit table builtin-models`.
 
 Declared in pyproject.toml as the entry point ``world = "clipfit_world.commands:register"`` of the group
 ``clipfit.commands``: the CLI loads it to build its parser, so this module imports nothing heavy (no
@@ -19,8 +19,8 @@ DATA_ROOT_DEFAULT = f"default: $CLIPFIT_DATA, else {defaults.CACHE_ROOT}/data"
 
 def register() -> None:
     """Register the mini world's commands (called once per process, when the CLI builds its parser)."""
-    register_command(Command("demo", "zero-shot vs CLIPFit, base-to-new on a mini-world task with the built-in "
-                             "mini CLIP (offline, seconds)", _demo_arguments, _run_demo))
+    register_command(Command("demo", "zero-shot vs CLIPFit, base-to-new on a mini-world task with a built-in "
+                             "mini CLIP (offline, under a minute)", _demo_arguments, _run_demo))
     register_command(Command("mini-world", "mini CLIP zero-shot per mini-world task; every method's few-shot "
                              "(1-16 shots) and 16-shot base-to-new", _table_arguments, _run_table, parent="table"))
     register_command(Command("builtin-models", "the built-in models side by side: zero-shot, linear-probe ceiling, "
@@ -32,16 +32,18 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=DEMO_TASK, help="a mini-world task with training images: mini_digits, "
                                                      "mini_letters, mini_shapes, mini_colors, mini_textures")
     p.add_argument("--model", choices=BUILTIN_MODELS, default=DEMO_MODEL,
-                   help=f"the built-in model both runs start from (default {DEMO_MODEL})")
+                   help="the built-in model both runs start from")
     p.add_argument("--data-root", help=f"where the task is generated ({DATA_ROOT_DEFAULT})")
-    p.add_argument("--out", default=DEMO_OUT, help="runs go to <out>/<task>/<method>")
+    p.add_argument("--out", default=DEMO_OUT, help="runs go to <out>/<model>/<task>/<method>")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="CLIPFit's training epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_demo(args) -> None:
     from clipfit_world.demo import DemoConfig, print_demo, run_demo
+    from clipfit_world.model import require_weights
 
+    require_weights(args.model)  # before the task is generated
     demo = DemoConfig(task=args.task, model=args.model, data_root=args.data_root or str(defaults.default_data_root()),
                       out=args.out, epochs=args.epochs)
     print_demo(demo, run_demo(demo, progress=not args.no_progress))
@@ -72,8 +74,10 @@ def _tasks_argument(t: argparse.ArgumentParser) -> None:
                                               "them. Two processes on disjoint tasks share one table's run folders")
 
 
-def _chosen_tasks(tasks: list[str] | None, test_only: bool) -> list[str]:
-    """The tasks a table runs on: all (test-only domains too where ``test_only``), or the ones named, checked."""
+def _chosen_tasks(tasks: list[str] | None, test_only: bool, readme: Path | None) -> list[str]:
+    """The tasks a table runs on, in the world's order: all (test-only domains too where ``test_only``), or the
+    ones named, checked. `ClipFitError` for an unknown name, for test domains alone (a table's means need a task
+    with training images), and for a subset written into a README (whose table says it covers every task)."""
     from clipfit.errors import ClipFitError
     from clipfit_world.tasks import WORLD_TASKS
 
@@ -82,7 +86,14 @@ def _chosen_tasks(tasks: list[str] | None, test_only: bool) -> list[str]:
         if task not in known:
             raise ClipFitError(f"--tasks: {task!r} is not a mini-world task with training images"
                                f"{' or a test domain' if test_only else ''} ({', '.join(known)})")
-    return list(tasks) if tasks else known
+    chosen = [t for t in known if t in (tasks or known)]
+    if all(WORLD_TASKS[t].parent is not None for t in chosen):
+        raise ClipFitError(f"--tasks: {', '.join(chosen)} has no training images; name a task that has "
+                           f"({', '.join(t for t in known if WORLD_TASKS[t].parent is None)})")
+    if readme is not None and chosen != known:
+        raise ClipFitError(f"--tasks with --readme: {readme}'s table covers every task; run the parts without "
+                           "--readme, then write the whole table with --finished-only --readme")
+    return chosen
 
 
 def _run_table(args) -> None:
@@ -110,7 +121,7 @@ def _run_table(args) -> None:
 
     require_weights(args.model)  # before any task is generated
     table = MiniWorldTableConfig(model=args.model, methods=methods, seeds=args.seeds, epochs=args.epochs,
-                                 tasks=_chosen_tasks(args.tasks, test_only=True),
+                                 tasks=_chosen_tasks(args.tasks, True, args.readme),
                                  data_root=args.data_root or str(defaults.default_data_root()),
                                  out=args.out or table_out(args.model), run_missing=not args.finished_only)
     rows = mini_world_table(table, progress=not args.no_progress)
@@ -141,7 +152,7 @@ def _run_compare(args) -> None:
 
     if args.readme:
         check_markers(args.readme, [README_NAME])  # before hours of runs, not after
-    compare = CompareConfig(models=args.models, seeds=args.seeds, tasks=_chosen_tasks(args.tasks, test_only=False),
+    compare = CompareConfig(models=args.models, seeds=args.seeds, tasks=_chosen_tasks(args.tasks, False, args.readme),
                             data_root=args.data_root or str(defaults.default_data_root()),
                             run_missing=not args.finished_only)
     markdown = to_markdown(compare, compare_models(compare, progress=not args.no_progress))

@@ -1,6 +1,7 @@
 """The built-in models side by side: what issue "a built-in CLIP strong enough" asks to measure, one command.
 
-`compare_models` runs (or, with ``run_missing=False``, only reads) on every mini task with training images,
+`compare_models` runs (or, with ``run_missing=False``, only reads) on every mini task with training images (or
+those of ``tasks``, `--tasks`),
 for each built-in model, each method with its own paper's recipe:
 
 - zero-shot accuracy on all classes (the transfer the pretraining gives);

@@ -1,4 +1,5 @@
-"""The demo: zero-shot CLIP, then CLIPFit, base-to-new on one mini-world task with the built-in mini CLIP.
+"""The demo: zero-shot CLIP, then CLIPFit, base-to-new on one mini-world task with a built-in mini CLIP
+(`mini-clip-b` by default).
 
 Runs offline on a laptop CPU in a few minutes: the task is generated on first use under the data root.
 """
@@ -33,8 +34,8 @@ class DemoConfig:
 
 
 def demo_folder(demo: DemoConfig, method: str) -> Path:
-    """Each task's demo has a folder of its own: `<out>/<task>/<method>`."""
-    return Path(demo.out) / demo.task / method
+    """Each model's and task's demo has a folder of its own: `<out>/<model>/<task>/<method>`."""
+    return Path(demo.out) / demo.model / demo.task / method
 
 
 def run_demo(demo: DemoConfig, progress: bool = True) -> list[dict]:

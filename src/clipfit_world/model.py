@@ -41,8 +41,8 @@ def weights_file(name: str = MODEL_NAME) -> Path:
 
 
 def require_weights(name: str) -> Path:
-    """The built-in model ``name``'s weights file; `ClipFitError` in one line when it is not there (a model whose
-    pretraining has not finished), for commands that would otherwise fail at their first run."""
+    """The built-in model ``name``'s weights file; `ClipFitError` in one line when it is not there (an install
+    without package data, or a model still being pretrained), for commands that would fail at their first run."""
     path = weights_file(name)
     if not path.is_file():
         raise ClipFitError(f"{name}: its built-in weights are not there yet ({path}); pretrain it first "

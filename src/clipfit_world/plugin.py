@@ -1,4 +1,4 @@
-"""The mini world as a clipfit plugin: its tasks as datasets and the mini CLIP's `builtin` weights.
+"""The mini world as a clipfit plugin: its tasks as datasets and the mini CLIPs' `builtin` weights.
 
 Declared in pyproject.toml as the entry point ``world = "clipfit_world.plugin:register"`` of the group
 ``clipfit.plugins``, so that `clipfit` finds the mini world without importing it; its commands are in
